@@ -1,0 +1,164 @@
+"""Turn a pretrained tag's weight sources into one verified local file.
+
+Sources are tried in order and the first that works is used:
+
+1. a folder named by ``$MTDP_WEIGHTS_DIR`` holding the original ``.pth`` or converted safetensors;
+2. the Hugging Face Hub repo the project publishes to (safetensors; honours ``HF_HUB_OFFLINE``);
+3. the original authors' URL, cached under ``<model>.<tag>-<sha256 prefix>.pth`` because both
+   original URLs end in ``/download`` and would collide under their URL basename.
+
+Every file is checked against the SHA-256 recorded in :data:`mtdp_hub.models.WEIGHT_SHA256`; a
+downloaded file that does not match is deleted. When every source fails, one error lists each
+attempt and why it failed. Nothing here unpickles: loading is timm's (``weights_only=True``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+_logger = logging.getLogger(__name__)
+
+ENV_WEIGHTS_DIR = 'MTDP_WEIGHTS_DIR'
+ENV_CACHE_DIR = 'MTDP_CACHE_DIR'
+
+
+class WeightsNotFoundError(RuntimeError):
+    """No source of a pretrained tag gave a usable weight file."""
+
+
+class HashMismatchError(RuntimeError):
+    """A weight file's SHA-256 differs from the one recorded for it."""
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """One place a weight file can come from.
+
+    kind: ``'local-dir'`` (a folder), ``'hf-hub'`` (a repo id) or ``'url'``.
+    file_name: the file's name in the folder or repo; for a URL, the name it was published as.
+    """
+
+    kind: str
+    location: str
+    file_name: str
+    sha256: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == 'local-dir':
+            return f'local file {Path(self.location) / self.file_name}'
+        if self.kind == 'hf-hub':
+            return f'Hugging Face Hub {self.location}/{self.file_name}'
+        return f'URL {self.location} ({self.file_name})'
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$MTDP_CACHE_DIR``, else ``<torch hub dir>/checkpoints/mtdp_hub``."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    return Path(env) if env else Path(torch.hub.get_dir()) / 'checkpoints' / 'mtdp_hub'
+
+
+def verify_sha256(path: Path, expected: str | None, what: str) -> str:
+    """Check ``path`` against ``expected`` (if recorded); return the actual digest."""
+    actual = sha256_file(path)
+    if expected is None:
+        _logger.warning('No SHA-256 is recorded for %s; its SHA-256 is %s', what, actual)
+    elif actual != expected.lower():
+        raise HashMismatchError(f'SHA-256 mismatch for {what} ({path}): expected {expected}, got {actual}')
+    return actual
+
+
+def _from_local_dir(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path:
+    path = Path(src.location).expanduser() / src.file_name
+    if not path.is_file():
+        raise FileNotFoundError(f'no file {path}')
+    verify_sha256(path, src.sha256, src.describe())
+    return path
+
+
+def _from_hf_hub(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    path = Path(hf_hub_download(src.location, src.file_name, cache_dir=cache_dir))
+    try:
+        verify_sha256(path, src.sha256, src.describe())
+    except HashMismatchError:
+        # Never leave a bad file in the Hub cache: drop the blob and the snapshot link to it.
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _url_cache_name(model_tag: str, file_name: str, sha256: str) -> str:
+    return f'{model_tag}-{sha256[:12]}{Path(file_name).suffix}'
+
+
+def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path:
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    suffix = Path(src.file_name).suffix
+    if src.sha256:
+        cached = cache / _url_cache_name(model_tag, src.file_name, src.sha256)
+        candidates = [cached] if cached.is_file() else []
+    else:
+        candidates = sorted(cache.glob(f'{model_tag}-*{suffix}'))
+    for cached in candidates:
+        try:
+            verify_sha256(cached, src.sha256, f'cached {src.describe()}')
+            return cached
+        except HashMismatchError:
+            _logger.warning('Removing corrupt cached weights %s', cached)
+            cached.unlink(missing_ok=True)
+
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f'.{model_tag}-', suffix='.partial')
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        torch.hub.download_url_to_file(src.location, str(tmp), progress=_logger.isEnabledFor(logging.INFO))
+        actual = verify_sha256(tmp, src.sha256, src.describe())
+        final = cache / _url_cache_name(model_tag, src.file_name, actual)
+        os.replace(tmp, final)
+        return final
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_FETCHERS = {'local-dir': _from_local_dir, 'hf-hub': _from_hf_hub, 'url': _from_url}
+
+
+def fetch_weights(model_tag: str, sources: Sequence[WeightSource], cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return a local, verified weight file for ``model_tag`` from the first source that works."""
+    failures = []
+    for src in sources:
+        try:
+            path = _FETCHERS[src.kind](src, model_tag, Path(cache_dir) if cache_dir else None)
+        except Exception as e:  # each failure is reported below, together with the others
+            _logger.info('%s: %s failed: %s', model_tag, src.describe(), e)
+            failures.append(f'  - {src.describe()}: {type(e).__name__}: {e}')
+            continue
+        _logger.info('%s: using %s', model_tag, path)
+        return path
+    tried = '\n'.join(failures) or '  (no source is registered)'
+    raise WeightsNotFoundError(
+        f'No weights could be obtained for {model_tag}. Tried, in order:\n{tried}\n'
+        f'To use a copy you have: set {ENV_WEIGHTS_DIR}=/folder/holding/the/file, or pass '
+        f"pretrained_cfg_overlay=dict(file='/path/to/file'); an original mtdp .pth can also be turned "
+        f"into a Hugging Face folder with 'mtdp convert' and loaded with 'local-dir:/path/to/folder'."
+    )
