@@ -106,8 +106,9 @@ transform = timm.data.create_transform(**cfg)
 
 
 def render_card(model_name: str | None, architecture: str, num_features: int, card_extra: str | None = None) -> str:
-    """The model card: ``model_cards/<model_name>.md`` with its includes, else a generated card."""
-    card_file = CARDS_DIR / f'{model_name}.md' if model_name else None
+    """The card of a released model (``model_cards/<arch>.md`` for ``model_name`` = ``arch.tag``, with
+    its includes), else a card generated for ``architecture``."""
+    card_file = CARDS_DIR / f"{model_name.split('.')[0]}.md" if model_name else None
     if card_file is not None and card_file.is_file():
         card = _INCLUDE.sub(lambda m: (CARDS_DIR / m['name']).read_text().strip(), card_file.read_text())
     else:
@@ -135,7 +136,8 @@ def export_folder(
         heads: task name -> linear head, saved in ``heads.safetensors``.
         class_names: task name -> class names, stored with the heads.
         card_extra: Markdown appended to the model card (a run's pool, metrics, settings).
-        model_name: the card to use from ``model_cards/`` (default: the model's ``arch.tag``).
+        model_name: the released model (``arch.tag``) whose card from ``model_cards/`` to use;
+            by default a card is generated (a newly trained backbone is not a released model).
         overwrite: replace an existing folder.
     Returns:
         the folder's path.
@@ -148,8 +150,6 @@ def export_folder(
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     architecture = cfg.get('architecture') or type(model).__name__.lower()
     export_arch = PLAIN_TIMM_ARCHITECTURE.get(architecture, architecture)
-    if model_name is None and cfg.get('tag'):
-        model_name = f"{architecture}.{cfg['tag']}"
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.partial-'))

@@ -23,7 +23,7 @@ def mtdp_resnet50(pretrained: bool = True, **kwargs: Any) -> nn.Module:
 def mtdp_densenet121(pretrained: bool = True, **kwargs: Any) -> nn.Module:
     """DenseNet121 multi-task pre-trained on 22 pathology tasks (Mormont et al. 2021).
 
-    Returns pooled 1024-d features of ``norm5`` without a final ReLU, as the original models;
+    Returns pooled 1024-d features of ``norm5`` (no final ReLU), as the original models;
     ``num_classes=N`` adds a fresh linear head. Other keyword arguments go to ``timm.create_model``.
     """
     return timm.create_model('mtdp_densenet121', pretrained=pretrained, **kwargs)

@@ -12,6 +12,7 @@ from mtdp_hub.export import export_folder
 from mtdp_hub.weights import ENV_WEIGHTS_DIR, WeightSource, fetch_weights
 from tests.conftest import populate_hf_cache
 
+
 def _registry_cfg(name):
     """The registry's own row (timm hands out copies), for monkeypatching its sources."""
     return _model_pretrained_cfgs[name]

@@ -1,0 +1,45 @@
+"""Publishing: dry run by default, refuses incomplete or pickled folders; never touches the network."""
+import pytest
+import timm
+
+from mtdp_hub import push
+from mtdp_hub.export import export_folder
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return export_folder(timm.create_model('resnet18', num_classes=0), tmp_path / 'm')
+
+
+def test_dry_run_lists_files(folder):
+    files = push.push_folder(folder, 'org/name')
+    assert [p.name for p in files] == ['README.md', 'config.json', 'model.safetensors']
+
+
+def test_refuses_pickles_and_incomplete_folders(folder):
+    (folder / 'pytorch_model.bin').write_bytes(b'x')
+    with pytest.raises(ValueError, match='pickled weight files: pytorch_model.bin'):
+        push.push_folder(folder, 'org/name')
+    (folder / 'pytorch_model.bin').unlink()
+    (folder / 'config.json').unlink()
+    with pytest.raises(ValueError, match='missing config.json'):
+        push.push_folder(folder, 'org/name')
+
+
+def test_upload_goes_through_hfapi(folder, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(('init', token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(('create_repo', repo_id, kwargs['exist_ok'], kwargs['private']))
+
+        def upload_folder(self, **kwargs):
+            calls.append(('upload_folder', kwargs['repo_id'], kwargs['folder_path'], sorted(kwargs['allow_patterns'])))
+
+    monkeypatch.setattr('huggingface_hub.HfApi', FakeApi)
+    push.push_folder(folder, 'org/name', dry_run=False, private=True, token='t')
+    assert calls == [('init', 't'), ('create_repo', 'org/name', True, True),
+                     ('upload_folder', 'org/name', str(folder), ['README.md', 'config.json', 'model.safetensors'])]
