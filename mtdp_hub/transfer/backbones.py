@@ -1,0 +1,161 @@
+"""Model spec strings -> a timm backbone (``num_classes=0``), its preprocessing and its provenance.
+
+A spec is what a user types after ``--model``/``--models``:
+
+- a timm name, with or without tag: ``mtdp_resnet50``, ``resnet50.tv_in1k``;
+- ``hf-hub:ORG/NAME`` or ``local-dir:PATH`` (timm's own prefixes);
+- ``random:ARCH``: the architecture with random (seeded) initialisation, the paper's "scratch".
+
+Weights are only ever loaded by ``timm.create_model(..., pretrained=True)``; this module then
+records where they came from: the weight file's SHA-256 when timm loaded a local file, the
+cached Hub snapshot's revision (and file hash) for Hub weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+RANDOM_PREFIX = 'random:'
+_PREPROCESS_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    try:
+        from mtdp_hub.weights import sha256_file
+    except ImportError:  # pragma: no cover - the lead's module is optional for this one function
+        h = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(1 << 20), b''):
+                h.update(chunk)
+        return h.hexdigest()
+    return sha256_file(path)
+
+
+def spec_slug(spec: str) -> str:
+    """A file-name-safe version of a model spec (``hf-hub:org/x`` -> ``hf-hub_org_x``)."""
+    return re.sub(r'[^A-Za-z0-9._-]+', '_', spec).strip('_')
+
+
+def is_random(spec: str) -> bool:
+    return spec.startswith(RANDOM_PREFIX)
+
+
+def load_backbone(spec: str, *, seed: int = 0) -> nn.Module:
+    """Create the backbone named by ``spec`` with its classifier removed (pooled features out).
+
+    ``seed`` only matters for ``random:`` specs (their initialisation).
+    """
+    import timm
+
+    from mtdp_hub import models as _models  # noqa: F401  (registers mtdp_* with timm)
+
+    if is_random(spec):
+        arch = spec[len(RANDOM_PREFIX):]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = timm.create_model(arch, pretrained=False, num_classes=0)
+    else:
+        model = timm.create_model(spec, pretrained=True, num_classes=0)
+    return model.eval()
+
+
+def data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
+    """The model's own eval preprocessing (``timm.data.resolve_data_config``), optionally resized."""
+    import timm.data
+
+    cfg = timm.data.resolve_data_config(model=model)
+    if img_size is not None:
+        cfg['input_size'] = (cfg['input_size'][0], int(img_size), int(img_size))
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in _PREPROCESS_KEYS}
+
+
+def eval_transform(cfg: dict[str, Any]):
+    """``timm.data.create_transform`` for ``cfg`` at eval time (resize, centre crop, normalise)."""
+    import timm.data
+
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
+    return timm.data.create_transform(**kwargs, is_training=False)
+
+
+def _hub_snapshot(repo_id: str) -> tuple[str | None, str | None]:
+    """(revision, file) of a cached Hub snapshot of ``repo_id`` (offline: looks in the cache only)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover
+        return None, None
+    repo, _, revision = repo_id.partition('@')
+    for name in ('model.safetensors', 'open_clip_model.safetensors', 'pytorch_model.bin'):
+        found = try_to_load_from_cache(repo, name, revision=revision or None)
+        if isinstance(found, str) and os.path.exists(found):
+            return Path(found).parent.name, found  # snapshots/<commit>/<file>
+    return revision or None, None
+
+
+def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[str, Any]:
+    """Where the weights of ``model`` (made by :func:`load_backbone` from ``spec``) came from."""
+    if is_random(spec):
+        return {'source': 'random-init', 'seed': seed}
+    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
+    out: dict[str, Any] = {}
+    file = cfg.get('file')
+    if spec.startswith('local-dir:') and not (file and os.path.isfile(file)):
+        folder = Path(file or spec[len('local-dir:'):])  # timm stores the folder under 'file'
+        cands = [folder / 'model.safetensors', folder / 'pytorch_model.bin']
+        file = next((str(c) for c in cands if c.exists()), None)
+    if file and os.path.isfile(file):
+        out.update(source='file', file=str(file), sha256=_sha256(file))
+        return out
+    hub_id = cfg.get('hf_hub_id')
+    if spec.startswith('hf-hub:'):
+        hub_id = spec[len('hf-hub:'):]
+    if hub_id:
+        revision, cached = _hub_snapshot(hub_id)
+        out.update(source='hf-hub', hf_hub_id=hub_id, revision=revision)
+        if cached:
+            out['sha256'] = _sha256(cached)
+        return out
+    url = cfg.get('url')
+    if url:
+        out.update(source='url', url=url)
+        cached = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(url)
+        if cached.is_file():
+            out['sha256'] = _sha256(cached)
+        return out
+    return {'source': 'unknown'}
+
+
+def package_versions() -> dict[str, str]:
+    import timm
+
+    try:
+        from mtdp_hub.version import __version__ as mtdp_version
+    except ImportError:  # pragma: no cover
+        mtdp_version = 'unknown'
+    return {'mtdp_hub': mtdp_version, 'torch': torch.__version__, 'timm': timm.__version__,
+            'python': platform.python_version()}
+
+
+def model_identity(spec: str, model: nn.Module) -> dict[str, Any]:
+    cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
+    tag = None if is_random(spec) else cfg.get('tag')  # a random init has no pretrained tag
+    return {'model': spec, 'architecture': cfg.get('architecture'), 'tag': tag}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """``None`` for fp32; bf16/fp16 for autocast. ``auto`` is fp16 on CUDA, fp32 elsewhere."""
+    if precision == 'auto':
+        precision = 'fp16' if device.type == 'cuda' else 'fp32'
+    return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]

@@ -1,0 +1,114 @@
+"""Run the paper's evaluation of several backbones on one task, side by side.
+
+``linear``: features of every split are extracted once per (model, seed-if-random) and cached
+under ``{out}/cache/`` (resumable :mod:`mtdp_hub.extract` files), so several classifiers and
+seeds reuse them; C is tuned by grouped CV on train+val, scored on test. ``finetune``: see
+:mod:`mtdp_hub.transfer.finetune`. Seeds change what is random: the initialisation of
+``random:`` models, fine-tuning (head init, data order) and the CV fold shuffling.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtdp_hub.extract import FeatureExtractor, extract_source, make_source, read_features
+from mtdp_hub.transfer.backbones import is_random, package_versions, spec_slug
+from mtdp_hub.transfer.finetune import FinetuneConfig, finetune
+from mtdp_hub.transfer.linear import C_GRID, fit_linear
+from mtdp_hub.transfer.report import summarize, write_report
+from mtdp_hub.transfer.tasks import Task, group_id, load_task
+
+MODES = ('linear', 'finetune')
+
+
+def cached_features(task: Task, extractor: FeatureExtractor, cache_dir: Path,
+                    **run_kwargs: Any) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, list[str]]], dict]:
+    """``{split: (X, y, groups)}`` with ``extractor``, extracting into ``cache_dir`` what is not there yet.
+
+    The cache folder is named by model spec (and seed for ``random:``) plus a hash of the
+    preprocessing/layer/TTA/precision, so changed settings never mix with old features.
+    """
+    prov = extractor.provenance()
+    settings = json.dumps([prov[k] for k in ('preprocessing', 'layer', 'tta', 'precision')], sort_keys=True)
+    name = spec_slug(extractor.spec) + (f'-seed{extractor.seed}' if is_random(extractor.spec) else '')
+    folder = cache_dir / f'{name}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}'
+    labels = task.label_of()
+    out, failed = {}, {}
+    for split_name, split in task.splits.items():
+        path = folder / f'{split_name}.safetensors'
+        ff = read_features(path) if path.exists() else None
+        if ff is None or not {str(p) for p in split.paths} <= set(ff.paths) | set(ff.failed):
+            extract_source(extractor, make_source([str(p) for p in split.paths], labels=False), path, **run_kwargs)
+            ff = read_features(path)
+        keep = [i for i, p in enumerate(ff.paths) if p in labels]
+        X = ff.features[keep]
+        y = np.asarray([labels[ff.paths[i]] for i in keep], dtype=np.int64)
+        out[split_name] = (X, y, [group_id(ff.paths[i]) for i in keep])
+        failed.update({p: r for p, r in ff.failed.items() if p in labels})
+    return out, {'provenance': ff.provenance, 'failed': failed, 'cache': str(folder)}
+
+
+def evaluate(task_root: str | os.PathLike, models: Sequence[str], *, modes: Sequence[str] = ('linear',),
+             seeds: int | Sequence[int] = 5, out: str | os.PathLike = 'report', classifier: str = 'svm',
+             Cs: Sequence[float] = C_GRID, cv_folds: int = 5, layer: str = 'pooled', tta: str = 'none',
+             img_size: int | None = None, batch_size: int = 64, num_workers: int | None = None,
+             device: str = 'auto', precision: str = 'auto', max_per_class: int | None = None,
+             finetune_cfg: FinetuneConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Evaluate every model in every mode over seeds; writes the report under ``out`` and returns it."""
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f'unknown mode(s) {bad}; choose from {MODES}')
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    task = load_task(task_root, max_per_class=max_per_class)
+    out = Path(out)
+    cache = out / 'cache'
+    ft_cfg = finetune_cfg or FinetuneConfig(img_size=img_size, device=device, precision=precision)
+    runs: list[dict[str, Any]] = []
+    model_info: dict[str, Any] = {}
+    extractor_kwargs = dict(layer=layer, tta=tta, img_size=img_size, device=device, precision=precision)
+    run_kwargs = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
+
+    for spec in models:
+        if 'linear' in modes:
+            extractor = None
+            for seed in seeds:
+                if is_random(spec) or extractor is None:
+                    extractor = FeatureExtractor(spec, seed=seed, **extractor_kwargs)
+                feats, info = cached_features(task, extractor, cache, **run_kwargs)
+                model_info.setdefault(spec, {'provenance': info['provenance'], 'failed_images': info['failed'],
+                                             'feature_cache': info['cache']})
+                X_tr, y_tr, g_tr = feats['train']
+                if task.has('val'):  # the paper tunes C on train+val
+                    X_va, y_va, g_va = feats['val']
+                    X_tr, y_tr, g_tr = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), g_tr + g_va
+                X_te, y_te, _ = feats['test']
+                res = fit_linear(X_tr, y_tr, g_tr, X_te, y_te, metric=task.metric, classifier=classifier,
+                                 Cs=Cs, n_splits=cv_folds, seed=seed)
+                runs.append({'model': spec, 'mode': 'linear', 'seed': seed, 'classifier': classifier, **res})
+                print(f'[linear] {spec} seed {seed}: {task.metric} {res["score"]:.4f} (C={res["C"]:g})', file=sys.stderr)
+        if 'finetune' in modes:
+            for seed in seeds:
+                res = finetune(spec, task, ft_cfg, seed=seed)
+                runs.append({'model': spec, 'mode': 'finetune', 'seed': seed, **res})
+                print(f'[finetune] {spec} seed {seed}: {task.metric} {res["score"]:.4f} '
+                      f'(lr={res["lr"]:g}, epoch {res["epoch"]})', file=sys.stderr)
+
+    result = {
+        'task': task.name, 'task_root': str(task.root), 'metric': task.metric, 'n_classes': task.n_classes,
+        'class_names': task.class_names, 'sizes': {k: len(v) for k, v in task.splits.items()},
+        'models': list(models), 'modes': list(modes), 'seeds': seeds, 'n_seeds': len(seeds),
+        'settings': {'classifier': classifier, 'Cs': list(Cs), 'cv_folds': cv_folds, 'layer': layer, 'tta': tta,
+                     'img_size': img_size, 'max_per_class': max_per_class},
+        'summary': summarize(runs, list(models), list(modes)), 'runs': runs, 'model_info': model_info,
+        'versions': package_versions(), 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+    }
+    result['files'] = {k: str(v) for k, v in write_report(result, out).items()}
+    return result

@@ -1,0 +1,231 @@
+"""mtdp evaluate: task folders, grouped CV, metrics, linear and fine-tune protocols, the report."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtdp_hub.transfer import evaluate as evaluate_mod
+from mtdp_hub.transfer.cli import add_cli
+from mtdp_hub.transfer.evaluate import evaluate
+from mtdp_hub.transfer.finetune import FinetuneConfig, finetune, finetune_lr
+from mtdp_hub.transfer.linear import C_GRID, fit_linear, grouped_folds
+from mtdp_hub.transfer.metrics import accuracy, mean_std, roc_auc, score, significant
+from mtdp_hub.transfer.report import markdown_table, summarize
+from mtdp_hub.transfer.tasks import group_id, load_task
+
+SHARED = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+TINY = 'random:test_resnet'  # 0.4 M parameters
+
+
+def make_task(root: Path, n_classes=2, per_split=(8, 4, 4), n_groups=4, size=20, seed=0) -> Path:
+    """Images whose brightness depends on the class; file names ``g{k}_{i}.png`` (group ``g{k}``)."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(('train', 'val', 'test'), per_split):
+        for c in range(n_classes):
+            d = root / split / f'class{c}'
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = 40 + 160 * c // max(1, n_classes - 1)
+                a = np.clip(rng.normal(base, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(a).save(d / f'{split}{i % n_groups}_{c}{i}.png')
+    return root
+
+
+# ---------------------------------------------------------------------------------- tasks
+def test_group_id_is_prefix_before_first_underscore():
+    assert group_id('/x/p17_0003_a.png') == 'p17'
+    assert group_id('nounderscore.png') == 'nounderscore'
+    assert group_id('1A11_CRC-Prim-HE-07_022.tif_Row_601_Col_151.tif') == '1A11'
+
+
+def test_load_task_layout_missing_val_and_errors(tmp_path):
+    make_task(tmp_path / 't', per_split=(3, 0, 2))
+    task = load_task(tmp_path / 't')
+    assert task.class_names == ['class0', 'class1'] and task.metric == 'roc_auc'
+    assert len(task.splits['train']) == 6 and not task.has('val') and len(task.splits['test']) == 4
+    assert task.splits['train'].labels == [0, 0, 0, 1, 1, 1]
+    assert task.splits['train'].groups[:3] == ['train0', 'train1', 'train2']
+    make_task(tmp_path / 'm', n_classes=3, per_split=(2, 1, 1))
+    assert load_task(tmp_path / 'm').metric == 'accuracy'
+    (tmp_path / 'bad' / 'train' / 'a').mkdir(parents=True)
+    with pytest.raises(ValueError, match='test'):
+        load_task(tmp_path / 'bad')
+
+
+# ---------------------------------------------------------------------------------- grouped CV
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_grouped_folds_never_split_a_group(seed):
+    rng = np.random.default_rng(seed)
+    groups = [f'p{g}' for g in rng.integers(0, 11, 120)]
+    y = rng.integers(0, 3, 120)
+    folds, note = grouped_folds(y, groups, n_splits=5, seed=seed)
+    assert len(folds) == 5 and 'Group' in note
+    fold_of: dict[str, set[int]] = {}
+    seen = np.zeros(120, int)
+    for k, (tr, va) in enumerate(folds):
+        assert not {groups[i] for i in tr} & {groups[i] for i in va}
+        seen[va] += 1
+        for i in va:
+            fold_of.setdefault(groups[i], set()).add(k)
+    assert (seen == 1).all()  # every sample validated exactly once
+    assert all(len(f) == 1 for f in fold_of.values())  # one group, one fold
+
+
+def test_grouped_folds_few_groups_and_single_group():
+    y = [0, 1] * 6
+    folds, note = grouped_folds(y, ['a', 'b', 'c'] * 4, n_splits=5)
+    assert len(folds) == 3
+    folds, note = grouped_folds(y, ['image'] * 12, n_splits=5)
+    assert 'UNGROUPED' in note and len(folds) == 5
+
+
+# ---------------------------------------------------------------------------------- metrics
+def test_metrics_against_sklearn_and_significance_rule():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(y, 1.0), 1)  # rounding makes ties
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(roc_auc([1, 1], [0.1, 0.2]))
+    assert accuracy([0, 1, 2, 2], [0, 1, 1, 2]) == 0.75
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])
+    assert score('accuracy', [0, 1, 0], logits) == pytest.approx(2 / 3)
+    assert score('roc_auc', [0, 1, 1], logits) == 1.0
+    assert mean_std([0.8, 0.9]) == pytest.approx((0.85, 0.05))
+    assert significant([0.80, 0.80], [0.90, 0.90])                 # std 0: any difference counts
+    assert not significant([0.80, 0.84], [0.85, 0.85])             # 0.03 < 2 * 0.02
+    assert significant([0.70, 0.72], [0.80, 0.80])                 # 0.09 > 2 * 0.01
+
+
+# ---------------------------------------------------------------------------------- linear
+def test_fit_linear_tunes_C_over_the_paper_grid():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    X = rng.normal(size=(90, 5)) + 3 * np.eye(3, 5)[y]
+    groups = [f'g{i % 10}' for i in range(90)]
+    res = fit_linear(X[::2], y[::2], groups[::2], X[1::2], y[1::2], metric='accuracy', seed=0)
+    assert list(res['cv_scores']) == list(C_GRID) and len(C_GRID) == 11
+    assert C_GRID[0] == pytest.approx(1e-10) and C_GRID[-1] == 1.0
+    assert res['C'] in C_GRID and res['cv_scores'][res['C']] == max(res['cv_scores'].values())
+    assert res['score'] > 0.9
+    lr = fit_linear(X[::2], y[::2], groups[::2], X[1::2], y[1::2], metric='accuracy', classifier='logreg')
+    assert lr['score'] > 0.9
+
+
+def _run_evaluate(tmp_path, task, models, **kw):
+    kw = dict(dict(seeds=2, img_size=32, num_workers=0, progress=False, batch_size=16), **kw)
+    return evaluate(task, models, out=tmp_path / 'rep', **kw)
+
+
+def test_evaluate_linear_binary_uses_auc_and_report_parses(tmp_path):
+    from sklearn.metrics import roc_auc_score
+    from sklearn.svm import LinearSVC
+
+    task = make_task(tmp_path / 'bin')
+    res = _run_evaluate(tmp_path, task, [TINY, 'random:resnet18'])
+    assert res['metric'] == 'roc_auc'
+    data = json.loads((tmp_path / 'rep' / 'results.json').read_text())
+    assert data['summary']['linear'][TINY]['n'] == 2 and len(data['runs']) == 4
+    md = (tmp_path / 'rep' / 'results.md').read_text()
+    assert 'ROC AUC' in md and f'`{TINY}`' in md and '| linear |' in md
+    with Image.open(tmp_path / 'rep' / 'results.png') as im:
+        assert im.format == 'PNG' and im.size[0] > 100
+    # the reported score is an AUC of the SVM refit on train+val with the chosen C
+    run = data['runs'][0]
+    feats, info = evaluate_mod.cached_features(
+        evaluate_mod.load_task(task), evaluate_mod.FeatureExtractor(TINY, seed=0, img_size=32, device='cpu'),
+        tmp_path / 'rep' / 'cache', num_workers=0, progress=False)
+    assert info['cache'] == res['model_info'][TINY]['feature_cache']
+    X = np.concatenate([feats['train'][0], feats['val'][0]])
+    y = np.concatenate([feats['train'][1], feats['val'][1]])
+    clf = LinearSVC(C=run['C'], max_iter=10000, random_state=0).fit(X, y)
+    assert run['score'] == pytest.approx(roc_auc_score(feats['test'][1], clf.decision_function(feats['test'][0])))
+    assert 'Group' in run['folds']
+
+
+def test_evaluate_linear_multiclass_uses_accuracy_and_reuses_cache(tmp_path, monkeypatch):
+    task = make_task(tmp_path / 'multi', n_classes=3, per_split=(6, 2, 3))
+    res = _run_evaluate(tmp_path, task, [TINY], seeds=1)
+    assert res['metric'] == 'accuracy'
+    acc = res['runs'][0]['score']
+    assert round(acc * 9) == pytest.approx(acc * 9)  # a fraction of the 9 test images
+
+    def no_extraction(*a, **k):
+        raise AssertionError('features should come from the cache')
+
+    monkeypatch.setattr(evaluate_mod, 'extract_source', no_extraction)
+    again = _run_evaluate(tmp_path, task, [TINY], seeds=1, classifier='logreg')
+    assert again['runs'][0]['classifier'] == 'logreg'
+    assert 'accuracy' in (tmp_path / 'rep' / 'results.md').read_text()
+
+
+def test_markdown_marks_significant_differences():
+    runs = [{'model': m, 'mode': 'linear', 'seed': s, 'score': v}
+            for m, vals in {'ref': [0.80, 0.80], 'better': [0.90, 0.91], 'same': [0.79, 0.82]}.items()
+            for s, v in enumerate(vals)]
+    summary = summarize(runs, ['ref', 'better', 'same'], ['linear'])
+    assert summary['linear']['better']['significant_vs_first']
+    assert not summary['linear']['same']['significant_vs_first']
+    md = markdown_table({'task': 't', 'metric': 'accuracy', 'n_seeds': 2, 'models': ['ref', 'better', 'same'],
+                         'summary': summary, 'sizes': {'train': 1, 'test': 1}, 'n_classes': 3})
+    row = next(line for line in md.splitlines() if line.startswith('| linear'))
+    assert '80.00 ± 0.00' in row and '90.50 ± 0.50 ▲' in row and '80.50 ± 1.50 |' in row
+
+
+# ---------------------------------------------------------------------------------- finetune
+def test_finetune_selects_best_val_epoch(tmp_path):
+    task = load_task(make_task(tmp_path / 't', per_split=(4, 4, 4), size=16))
+    cfg = FinetuneConfig(epochs=3, lrs=(0.05,), batch_size=4, num_workers=0, img_size=32, device='cpu')
+    res = finetune_lr(TINY, task, 0.05, cfg, seed=0, score_test_every_epoch=True)
+    assert len(res['val_curve']) == 3 and len(res['train_loss']) == 3
+    assert res['best_epoch'] == int(np.argmax(res['val_curve'])) + 1
+    assert res['val'] == max(res['val_curve'])
+    assert res['score'] == pytest.approx(res['test_curve'][res['best_epoch'] - 1])
+
+
+def test_finetune_lr_grid_picks_best_val_and_handles_missing_val(tmp_path):
+    task = load_task(make_task(tmp_path / 't', per_split=(4, 2, 2), size=16))
+    cfg = FinetuneConfig(epochs=1, lrs=(0.05, 1e-6), batch_size=4, num_workers=0, img_size=32, device='cpu')
+    res = finetune(TINY, task, cfg, seed=1)
+    vals = [r['val'] for r in res['per_lr']]
+    assert res['val'] == max(vals) and res['lr'] == res['per_lr'][vals.index(max(vals))]['lr']
+    noval = load_task(make_task(tmp_path / 'nv', per_split=(4, 0, 2), size=16))
+    out = finetune_lr(TINY, noval, 0.01, FinetuneConfig(epochs=2, batch_size=4, num_workers=0, img_size=32,
+                                                         device='cpu'))
+    assert out['best_epoch'] == 2 and out['selection'].startswith('last epoch') and out['val'] is None
+
+
+# ---------------------------------------------------------------------------------- cli + real data
+def test_cli_harness_evaluate(tmp_path, capsys):
+    task = make_task(tmp_path / 't')
+    parser = argparse.ArgumentParser(prog='mtdp')
+    add_cli(parser.add_subparsers(dest='command', required=True))
+    args = parser.parse_args(['evaluate', '--task', str(task), '--models', TINY, '--mode', 'linear', 'finetune',
+                              '--seeds', '1', '--out', str(tmp_path / 'r'), '--img-size', '32', '--workers', '0',
+                              '--epochs', '1', '--lrs', '0.01', '--ft-batch-size', '8', '--no-progress'])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert '| finetune |' in printed and '| linear |' in printed
+    assert set(json.loads((tmp_path / 'r' / 'results.json').read_text())['modes']) == {'linear', 'finetune'}
+
+
+@pytest.mark.skipif(not (SHARED / 'crc-he-5class').is_dir(), reason='shared data absent')
+def test_linear_on_real_crc_patches(tmp_path):
+    crc = SHARED / 'crc-he-5class'
+    for split, src in (('train', 'train'), ('test', 'val')):  # the shared copy has no test split
+        for cls in ('AC', 'H'):
+            d = tmp_path / 'task' / split / cls
+            d.mkdir(parents=True)
+            for img in sorted((crc / src / cls).iterdir())[:6]:
+                (d / img.name).symlink_to(img)
+    res = _run_evaluate(tmp_path, tmp_path / 'task', [TINY], seeds=1)
+    run = res['runs'][0]
+    assert res['metric'] == 'roc_auc' and 0.0 <= run['score'] <= 1.0
+    assert 'UNGROUPED' in run['folds']  # these file names carry no patient prefix ('image_AC_...')
+    assert res['sizes'] == {'train': 12, 'test': 12}
