@@ -141,3 +141,14 @@ def test_convert_refuses_a_timm_checkpoint(tmp_path):
 
 def test_error_types_are_exported():
     assert issubclass(mtdp_hub.CheckpointError, RuntimeError)
+
+
+def test_unexpected_keys_are_named(original_checkpoint, tmp_path):
+    ckpt = original_checkpoint('resnet50')
+    sd = read_state_dict(ckpt.path)
+    sd['features.layer5.0.conv1.weight'] = torch.zeros(1)
+    path = tmp_path / 'extra.pth'
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r'Unexpected 1 keys: layer5\.0\.conv1\.weight') as info:
+        _load('mtdp_resnet50', path)
+    assert str(path) in str(info.value)

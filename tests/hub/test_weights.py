@@ -149,3 +149,16 @@ def test_exported_weights_dir_layout(original_checkpoint, monkeypatch, tmp_path)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert (model(x) - ckpt.reference(x)).abs().max() <= 1e-5
+
+
+def test_hub_file_with_wrong_hash_is_removed_from_the_cache(original_checkpoint, monkeypatch, tmp_path):
+    ckpt = original_checkpoint('resnet50')
+    folder = mtdp_hub.convert.convert_mtdp_checkpoint(ckpt.path, tmp_path / 'export')
+    cfg = _registry_cfg('mtdp_resnet50.mtdp22')
+    monkeypatch.setattr(cfg, 'url', 'http://127.0.0.1:9/unreachable/download')
+    snapshot = populate_hf_cache(tmp_path / 'hf', cfg.hf_hub_id, folder)
+    monkeypatch.setitem(models.WEIGHT_SHA256, 'mtdp_resnet50.mtdp22/model.safetensors', '0' * 64)
+    with pytest.raises(mtdp_hub.WeightsNotFoundError, match='SHA-256 mismatch for Hugging Face Hub'):
+        timm.create_model('mtdp_resnet50', pretrained=True, cache_dir=tmp_path / 'hf')
+    assert not (snapshot / 'model.safetensors').exists()
+    assert (snapshot / 'config.json').exists()
