@@ -1,0 +1,61 @@
+"""The paper's transforms and the multi-task dataset."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset, eval_transform, train_transform
+from training.pool import load_pool
+from training.sampler import TaskUniformSampler
+
+
+def striped(w=60, h=40):
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, :, 0] = np.arange(w, dtype=np.uint8)[None, :] * 4     # red grows left -> right
+    a[:, :, 1] = np.arange(h, dtype=np.uint8)[:, None] * 6     # green grows top -> bottom
+    return Image.fromarray(a)
+
+
+def unnormalise(x):
+    return x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+
+
+def test_train_transform_max_square_crop_resize_flips_normalise():
+    im = striped()
+    outs = [train_transform(im, 32, torch.Generator().manual_seed(s)) for s in range(40)]
+    assert all(o.shape == (3, 32, 32) for o in outs)
+    # The crop is the maximal square (40 x 40): all green rows (0..39) are kept, only its x position varies.
+    greens = {round(float(unnormalise(o)[1].mean(1).max() - unnormalise(o)[1].mean(1).min()), 2) for o in outs}
+    assert len(greens) == 1
+    # Horizontal and vertical flips both happen, independently, about half the time.
+    h = [bool(unnormalise(o)[0, :, 0].mean() > unnormalise(o)[0, :, -1].mean()) for o in outs]
+    v = [bool(unnormalise(o)[1, 0, :].mean() > unnormalise(o)[1, -1, :].mean()) for o in outs]
+    assert 8 < sum(h) < 32 and 8 < sum(v) < 32 and h != v
+    # Same seed, same image.
+    assert torch.equal(train_transform(im, 32, torch.Generator().manual_seed(3)), outs[3])
+    # ImageNet normalisation.
+    flat = Image.new('RGB', (10, 10), (124, 116, 104))
+    x = train_transform(flat, 8, torch.Generator().manual_seed(0))
+    assert torch.allclose(x, torch.zeros_like(x), atol=0.01)
+
+
+def test_eval_transform_resize_then_centre_crop():
+    x = unnormalise(eval_transform(striped(60, 40), 20))   # -> 30 x 20, centre 20 x 20
+    assert x.shape == (3, 20, 20)
+    red = x[0].mean(0) * 255 / 4   # original column index, scaled by 60/30 = 2
+    assert abs(float(red[0]) - 2 * 5 - 1) < 2 and abs(float(red[-1]) - 2 * 24 - 1) < 2
+
+
+def test_dataset_items_depend_only_on_the_draw_not_on_workers(tiny_pool):
+    pool = load_pool(tiny_pool)
+    ds = MultiTaskDataset(pool, ['train'], 16)
+    assert ds.task_sizes == [12, 12, 20] and len(ds) == 44
+    draws = list(TaskUniformSampler(ds.task_sizes, seed=0, num_draws=24))
+    direct = [ds[k] for k in draws]
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=draws, num_workers=2)
+    batched = torch.cat([x for x, _, _ in loader])
+    assert torch.equal(batched, torch.stack([x for x, _, _ in direct]))
+    for (_x, label, t), (flat, _) in zip(direct, draws):
+        task, split, i = ds.index[flat]
+        assert t == task and label == pool.tasks[t].splits[split].labels[i]

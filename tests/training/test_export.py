@@ -1,0 +1,64 @@
+"""Export: the run's backbone reloads through timm (local-dir:) with the same features, the heads
+file holds the trained heads; `python -m training export` and `scan` from the command line."""
+from __future__ import annotations
+
+import json
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+import training.loop as loop
+from mtdp_hub.export import load_heads
+from training.model import MultiTaskNet, create_backbone
+
+from .conftest import run_training_cli
+
+
+def test_export_reloads_through_timm_with_same_features_and_heads(tiny_config, tmp_path):
+    cfg = tiny_config('exp', run={'export': True})
+    summary = loop.main(cfg)
+    export = loop.run_dir_of(cfg) / 'export'
+    assert summary['export'] == str(export)
+    assert {p.name for p in export.iterdir()} >= {'model.safetensors', 'config.json', 'README.md', 'heads.safetensors'}
+    config = json.loads((export / 'config.json').read_text())
+    assert config['architecture'] == 'test_resnet' and config['num_classes'] == 0
+    assert config['pretrained_cfg']['input_size'] == [3, 32, 32] and config['pretrained_cfg']['crop_pct'] == 1.0
+    card = (export / 'README.md').read_text()
+    assert 'alpha' in card and 'beta' in card and 'gamma' in card and 'val/alpha/acc' in card
+
+    # The trained model, rebuilt from the final checkpoint.
+    state = torch.load(sorted((loop.run_dir_of(cfg) / 'checkpoints').glob('ckpt-*.pt'))[-1], weights_only=False)
+    net = MultiTaskNet(create_backbone('test_resnet', 'random'), {'alpha': 2, 'beta': 3, 'gamma': 2})
+    net.load_state_dict(state['model'])
+    net.eval()
+    reloaded = timm.create_model(f'local-dir:{export}', pretrained=True).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(x), net.backbone(x), atol=1e-6)
+    heads, classes = load_heads(export / 'heads.safetensors')
+    assert classes == {'alpha': ['a', 'b'], 'beta': ['x', 'y', 'z'], 'gamma': ['u', 'v']}
+    for name, head in heads.items():
+        assert torch.equal(head.weight, net.heads[name].weight) and torch.equal(head.bias, net.heads[name].bias)
+
+    # On demand, from a checkpoint, through the command line: the same weights.
+    r = run_training_cli(['export', '--run', str(loop.run_dir_of(cfg)), '--out', str(tmp_path / 'again')])
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = load_file(str(export / 'model.safetensors')), load_file(str(tmp_path / 'again' / 'model.safetensors'))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scan_command_lists_undecodable_images(tiny_pool):
+    bad = tiny_pool.parent / 'data' / 'alpha' / 'val' / 'a' / 'bad.jpg'
+    bad.write_bytes(b'\xff\xd8\xff\xe0 truncated')
+    r = run_training_cli(['scan', '--pool', str(tiny_pool), '--workers', '2'])
+    assert r.returncode == 1
+    assert 'bad.jpg' in r.stdout and 'alpha [val]' in r.stdout
+    assert '61 images checked in 3 tasks, 1 undecodable' in r.stdout
+
+
+def test_cli_reports_config_errors_naming_the_key(tmp_path):
+    cfg = tmp_path / 'c.yaml'
+    cfg.write_text('schedule: {iterationz: 3}\n')
+    r = run_training_cli(['--config', str(cfg)])
+    assert r.returncode == 2 and 'schedule.iterationz' in r.stderr

@@ -1,0 +1,117 @@
+"""Command line: ``python -m training [--config C] [--pool P] [--resume RUN] [--set k=v ...]``,
+``python -m training scan --pool P`` and ``python -m training export --run RUN``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--config', help='a YAML config (training/configs/*.yaml)')
+    p.add_argument('--pool', help="a pool YAML file, or 'demo' (overrides the config's pool)")
+    p.add_argument('--resume', metavar='RUN_DIR', help='continue the run in this folder (its config.yaml unless --config)')
+    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                   help='override one config value, e.g. --set optim.lr=1e-4 (repeatable)')
+
+
+def _train(args) -> int:
+    from .checkpoint import CheckpointError
+    from .data import BadImagesError
+    from .loop import NonFiniteLossError, TrainingInterrupted, main
+    from .model import WeightsUnavailableError
+    from .pool import PoolError
+
+    overrides = list(args.overrides)
+    config = args.config
+    if args.resume:
+        run_dir = Path(args.resume)
+        if config is None:
+            config = run_dir / 'config.yaml'
+            if not config.is_file():
+                print(f'error: {run_dir} has no config.yaml; give --config', file=sys.stderr)
+                return 2
+        overrides += [f'run.output_dir={run_dir.parent}', f'run.name={run_dir.name}', 'run.resume=auto']
+    if args.pool:
+        overrides.append(f'pool={args.pool}')
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        print(f'config error: {e}', file=sys.stderr)
+        return 2
+    try:
+        summary = main(cfg)
+    except TrainingInterrupted as e:
+        print(f'\n{e}. Continue with: python -m training --resume {Path(cfg.run.output_dir) / cfg.run.name}',
+              file=sys.stderr)
+        return 128 + e.signum
+    except NonFiniteLossError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 3
+    except (PoolError, BadImagesError, WeightsUnavailableError, CheckpointError, ConfigError) as e:
+        print(f'error: {e}', file=sys.stderr)   # problems found before (or instead of) training: no traceback
+        return 2
+    metrics = summary.get('metrics', {})
+    if metrics:
+        print('final validation: ' + ', '.join(f'{k} {v:.3f}' for k, v in metrics.items()))
+    return 0
+
+
+def _scan(args) -> int:
+    from .data import scan_pool
+    from .pool import PoolError, load_pool
+
+    try:
+        pool = load_pool(args.pool)
+    except PoolError as e:
+        print(f'pool error: {e}', file=sys.stderr)
+        return 2
+    report = scan_pool(pool, args.splits, num_workers=args.workers, progress=True)
+    for line in report.lines():
+        print(line)
+    print(f'{report.checked} images checked in {len(pool)} tasks, {len(report.bad)} undecodable')
+    return 1 if report.bad else 0
+
+
+def _export(args) -> int:
+    from .checkpoint import list_checkpoints
+    from .loop import export_checkpoint
+
+    run = Path(args.run)
+    path = Path(args.checkpoint) if args.checkpoint else (list_checkpoints(run / 'checkpoints') or [None])[-1]
+    if path is None:
+        print(f'error: no checkpoint in {run / "checkpoints"}', file=sys.stderr)
+        return 2
+    out = export_checkpoint(path, Path(args.out) if args.out else None)
+    print(f'exported {path} to {out}')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ('scan', 'export'):
+        parser = argparse.ArgumentParser(prog='python -m training')
+        sub = parser.add_subparsers(dest='command', required=True)
+        scan = sub.add_parser('scan', help='decode every image of a pool and list the unreadable ones')
+        scan.add_argument('--pool', required=True)
+        scan.add_argument('--splits', nargs='+', default=['train', 'val', 'test'])
+        scan.add_argument('--workers', type=int, default=4, help='DataLoader workers')
+        scan.set_defaults(func=_scan)
+        export = sub.add_parser('export', help="export a run's backbone from a checkpoint")
+        export.add_argument('--run', required=True, help='the run folder')
+        export.add_argument('--checkpoint', help='a checkpoint file (default: the latest)')
+        export.add_argument('--out', help='output folder (default: RUN/export)')
+        export.set_defaults(func=_export)
+        args = parser.parse_args(argv)
+        return args.func(args)
+    parser = argparse.ArgumentParser(prog='python -m training', description=__doc__,
+                                     epilog='subcommands: scan --pool P | export --run RUN')
+    _train_args(parser)
+    args = parser.parse_args(argv)
+    return _train(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Run configuration: dataclasses with the paper's defaults, strict YAML loading, overrides.
+
+A config file has the sections of :class:`Config` (``pool``, ``data``, ``model``, ``optim``,
+``schedule``, ``run``); a key that is not a field is an error naming it. ``--set a.b=value``
+overrides one field (the value is parsed as YAML). The resolved config is saved in the run
+folder as ``config.yaml`` and reloads to the same :class:`Config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+__all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'ScheduleConfig', 'RunConfig', 'Config',
+           'load_config', 'from_dict', 'to_dict', 'apply_overrides', 'save_config']
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    size: int = 224                      # network input side (paper: not stated; 224 as the code)
+    batch_size: int = 64                 # global batch, split over the ranks
+    eval_batch_size: int = 128           # per rank, validation
+    num_workers: int = 8                 # DataLoader workers per rank
+    pin_memory: bool = True              # only used on CUDA
+    persistent_workers: bool = True
+    prefetch_factor: int = 4
+    bad_images: str = 'error'            # 'error': stop before the first step; 'skip': drop and list them
+    scan_images: bool = True             # decode every image before training (needed by both policies)
+    train_splits: list[str] = field(default_factory=lambda: ['train'])  # released models: train, val, test
+    val_split: str = 'val'
+
+
+@dataclass
+class ModelConfig:
+    arch: str = 'resnet50'               # any timm name: resnet50, densenet121, mtdp_resnet50, mtdp_densenet121, ...
+    init: str = 'imagenet'               # 'imagenet' | 'random' | path to a weights file or an exported folder
+    imagenet_weights: str | None = None  # timm name.tag; default: '<arch>.tv_in1k' (torchvision's, as the paper)
+    if_weights_missing: str = 'error'    # 'error' | 'random': what to do when ImageNet weights are unreachable
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3                     # gamma, the backbone learning rate
+    head_lr_mult: float = 1.0            # tau: heads learn at gamma * tau
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class ScheduleConfig:
+    iterations: int = 50_000             # in total, warm-up included
+    warmup_iterations: int = 5_000       # head-only, backbone frozen (weights and BN statistics); 0 = none
+    warmup_lr: float = 1e-3              # head LR during warm-up
+    bn_recalibration_batches: int = 20   # 0 = no re-calibration
+    val_every: int = 5_000               # 0 = only at the end
+    checkpoint_every: int = 1_000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None              # default: the config file's stem
+    output_dir: str = 'runs'
+    seed: int = 0
+    device: str = 'auto'                 # 'auto' | 'cpu' | 'cuda'
+    amp: str = 'auto'                    # 'auto' (bf16 on CUDA when supported, else off) | 'bf16' | 'fp16' | 'none'
+    channels_last: bool = True
+    compile: bool = False                # torch.compile the model
+    export: bool = True                  # export the backbone at the end
+    progress: bool = True                # tqdm bar
+    tensorboard: bool = True             # when the tensorboard package is installed
+    resume: str = 'auto'                 # 'auto': continue from the run folder's latest checkpoint | 'never'
+    threads: int = 0                     # torch.set_num_threads on CPU (0 = leave it)
+
+
+@dataclass
+class Config:
+    pool: str | None = None              # a pool YAML file, or 'demo' for the built-in demo pool
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> Config:
+        """Cross-field checks; raises :class:`ConfigError`."""
+        checks = [
+            (self.data.bad_images in ('error', 'skip'), "data.bad_images must be 'error' or 'skip'"),
+            (self.model.if_weights_missing in ('error', 'random'), "model.if_weights_missing must be 'error' or 'random'"),
+            (self.run.amp in ('auto', 'bf16', 'fp16', 'none'), "run.amp must be one of auto, bf16, fp16, none"),
+            (self.run.resume in ('auto', 'never'), "run.resume must be 'auto' or 'never'"),
+            (self.run.device in ('auto', 'cpu', 'cuda'), "run.device must be auto, cpu or cuda"),
+            (self.data.size > 0 and self.data.batch_size > 0, 'data.size and data.batch_size must be positive'),
+            (0 <= self.schedule.warmup_iterations <= self.schedule.iterations,
+             'schedule.warmup_iterations must be between 0 and schedule.iterations'),
+            (self.schedule.keep_checkpoints >= 1, 'schedule.keep_checkpoints must be >= 1'),
+            (self.schedule.log_every >= 1 and self.schedule.checkpoint_every >= 1,
+             'schedule.log_every and schedule.checkpoint_every must be >= 1'),
+            (self.optim.lr > 0 and self.optim.head_lr_mult > 0, 'optim.lr and optim.head_lr_mult must be positive'),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert one YAML value against a field's type hint."""
+    if dataclasses.is_dataclass(hint):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f'{where}: expected a mapping, got {value!r}')
+        return from_dict(value, hint, where)
+    text = str(hint)
+    if value is None:
+        if 'None' in text:
+            return None
+        raise ConfigError(f'{where}: must not be empty')
+    if hint is bool or text.startswith('bool'):
+        if not isinstance(value, bool):
+            raise ConfigError(f'{where}: expected true/false, got {value!r}')
+        return value
+    if hint is int or text.startswith('int'):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f'{where}: expected an integer, got {value!r}')
+        return value
+    if hint is float or text.startswith('float'):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f'{where}: expected a number, got {value!r}')
+        return float(value)
+    if text.startswith('list'):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f'{where}: expected a list, got {value!r}')
+        return [str(v) for v in value]
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f'{where}: expected a single value, got {value!r}')
+    return str(value)
+
+
+def from_dict(values: dict, cls: type = Config, where: str = '') -> Any:
+    """Build ``cls`` from a plain dict; an unknown key raises :class:`ConfigError` naming it."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            full = f'{where}.{key}' if where else key
+            raise ConfigError(f'unknown config key {full!r}; known keys here: {", ".join(names)}')
+    kwargs = {}
+    for name in names:
+        if name in values:
+            kwargs[name] = _convert(values[name], hints[name], f'{where}.{name}' if where else name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings (values parsed as YAML) and return a new Config."""
+    values = to_dict(cfg)
+    for item in overrides or []:
+        if '=' not in item:
+            raise ConfigError(f'override {item!r} must look like section.key=value')
+        dotted, raw = item.split('=', 1)
+        parts = dotted.strip().split('.')
+        node = values
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f'unknown config key {".".join(parts[:i + 1])!r} in override {item!r}')
+            if i == len(parts) - 1:
+                node[part] = yaml.safe_load(raw) if raw.strip() else None
+            else:
+                node = node[part]
+    return from_dict(values).validate()
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (strict), then the overrides. The run name defaults to the file stem."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f'cannot read config {path}: {e}') from e
+        if not isinstance(values, dict):
+            raise ConfigError(f'{path}: a config file must be a mapping of sections')
+        # A relative pool path is relative to the config file, unless it exists from here.
+        pool = values.get('pool')
+        if isinstance(pool, str) and pool != 'demo' and not Path(pool).is_absolute() and not Path(pool).exists():
+            values['pool'] = str(path.parent / pool)
+    try:
+        cfg = from_dict(values)
+    except ConfigError as e:
+        raise ConfigError(f'{path}: {e}' if path else str(e)) from None
+    if cfg.run.name is None and path is not None:
+        cfg.run.name = Path(path).stem
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (reloads with :func:`load_config` to an equal Config)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

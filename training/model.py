@@ -1,0 +1,137 @@
+"""MultiTaskNet: one shared timm backbone and one linear head per task ([PAPER] §III-A).
+
+Routing: each sample's logits come from its own task's head. Every head is evaluated on the
+whole batch (a few thousand multiply-adds per sample, next to billions for the backbone) and each
+sample keeps only its own head's outputs, padded with ``-inf`` to the widest head. This is
+numerically the same as sending each task's samples to its head (``-inf`` logits take no
+probability and get zero gradient), needs no data-dependent shapes (no host syncs, no
+``find_unused_parameters`` under DDP), and a head whose task is absent gets an exact zero gradient.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .data import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ['MultiTaskNet', 'create_backbone', 'imagenet_weights_name', 'WeightsUnavailableError']
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet initial weights are neither cached nor reachable."""
+
+
+class MultiTaskNet(nn.Module):
+    """``backbone`` (a timm model with ``num_classes=0``) + ``heads`` (``nn.ModuleDict`` of ``nn.Linear``)."""
+
+    def __init__(self, backbone: nn.Module, tasks: Mapping[str, int]):
+        super().__init__()
+        self.backbone = backbone
+        n = backbone.num_features
+        self.heads = nn.ModuleDict({name: nn.Linear(n, c) for name, c in tasks.items()})
+        self.task_names = list(tasks)
+        self.num_classes = [int(c) for c in tasks.values()]
+        self.backbone_frozen = False
+
+    def freeze_backbone(self) -> None:
+        """Head-only warm-up: no gradient to the backbone and its BN layers stay in eval mode."""
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def unfreeze_backbone(self) -> None:
+        self.backbone_frozen = False
+        self.backbone.requires_grad_(True)
+        self.backbone.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()   # keep BN statistics frozen across model.train() calls
+        return self
+
+    def head_logits(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        """Per-sample logits from the sample's own head, shape (B, max classes), padded with -inf."""
+        features = features.float()
+        width = max(self.num_classes)
+        out = features.new_full((features.shape[0], width), float('-inf'))
+        for t, head in enumerate(self.heads.values()):
+            logits = head(features)
+            if logits.shape[1] < width:
+                logits = torch.cat([logits, logits.new_full((logits.shape[0], width - logits.shape[1]), float('-inf'))], 1)
+            out = torch.where((task_index == t).unsqueeze(1), logits, out)
+        return out
+
+    def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+        return self.head_logits(self.backbone(x), task_index)
+
+
+def imagenet_weights_name(arch: str) -> str:
+    """torchvision's ImageNet weights in timm (``*.tv_in1k``), which the paper started from."""
+    base = {'mtdp_resnet50': 'resnet50', 'mtdp_densenet121': 'densenet121'}.get(arch, arch)
+    name = f'{base}.tv_in1k'
+    return name if timm.is_model_pretrained(name) or name in timm.list_pretrained(f'{base}.*') else base
+
+
+def _load_weights_file(path: Path) -> dict:
+    if path.is_dir():
+        path = path / 'model.safetensors'
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    for key in ('model', 'state_dict'):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return state
+
+
+def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | None = None,
+                    if_missing: str = 'error', log=print) -> nn.Module:
+    """A timm backbone with ``num_classes=0``, initialised from ImageNet, a local file, or randomly."""
+    import mtdp_hub  # noqa: F401  (registers mtdp_resnet50 / mtdp_densenet121)
+
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+    if init == 'imagenet':
+        source = imagenet_weights or imagenet_weights_name(arch)
+        try:
+            reference = timm.create_model(source, pretrained=True, num_classes=0)
+        except Exception as e:  # offline hub, missing cache, HTTP errors: timm raises many types
+            message = (f'ImageNet weights {source!r} are neither cached nor reachable '
+                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')
+            if if_missing != 'random':
+                raise WeightsUnavailableError(message + '; set model.if_weights_missing=random to start from random '
+                                              'weights, or model.init=PATH to a local file') from e
+            log(f'WARNING: {message}; starting from RANDOM weights (model.if_weights_missing=random)')
+        else:
+            backbone.load_state_dict(reference.state_dict(), strict=True)
+            log(f'initialised the backbone from {source}')
+    elif init != 'random':
+        path = Path(os.path.expanduser(init))
+        if not path.exists():
+            raise FileNotFoundError(f'model.init: no such weights file or folder {path}')
+        state = _load_weights_file(path)
+        drop = [k for k in state if k.startswith(('fc.', 'classifier.', 'head.fc.', 'heads.'))]
+        for k in drop:
+            state.pop(k)
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f'model.init {path} does not fit {arch}: missing keys {missing[:8]}'
+                             f'{"..." if len(missing) > 8 else ""}, unexpected keys {unexpected[:8]}')
+        log(f'initialised the backbone from {path}')
+    return backbone
+
+
+def set_training_preprocessing(backbone: nn.Module, size: int) -> None:
+    """Record the preprocessing of the training run in the backbone's pretrained_cfg (goes to config.json)."""
+    cfg = dict(getattr(backbone, 'pretrained_cfg', None) or {})
+    cfg.update(tag=None, hf_hub_id=None, url=None, file=None, input_size=(3, size, size), crop_pct=1.0,
+               crop_mode='center', interpolation='bilinear', mean=IMAGENET_MEAN, std=IMAGENET_STD,
+               num_classes=0)
+    cfg = {k: v for k, v in cfg.items() if v is not None or k == 'tag'}
+    backbone.pretrained_cfg = cfg

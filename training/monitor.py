@@ -1,0 +1,74 @@
+"""What a run reports: a tqdm bar (loss, img/s, ETA), ``metrics.csv``, ``log.txt`` and TensorBoard
+when the ``tensorboard`` package is installed. Only the main rank writes."""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+__all__ = ['Monitor']
+
+
+class Monitor:
+    def __init__(self, run_dir: Path, enabled: bool, start: int, total: int, progress: bool = True,
+                 tensorboard: bool = True):
+        self.enabled, self.run_dir = enabled, Path(run_dir)
+        self.bar = self.writer = None
+        self._csv = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new = not (self.run_dir / 'metrics.csv').exists()
+        self._csv_file = open(self.run_dir / 'metrics.csv', 'a', newline='')
+        self._csv = csv.writer(self._csv_file)
+        if new:
+            self._csv.writerow(['iteration', 'name', 'value', 'time'])
+        self._log = open(self.run_dir / 'log.txt', 'a')
+        if progress:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, unit='it', dynamic_ncols=True, file=sys.stderr)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:   # tensorboard not installed: CSV only
+                pass
+            else:
+                self.writer = SummaryWriter(str(self.run_dir / 'tensorboard'))
+
+    def log(self, message: str) -> None:
+        """A line for the user (stdout) and for ``log.txt``."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stdout)
+        else:
+            print(message, flush=True)
+        self._log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
+        self._log.flush()
+
+    def scalars(self, iteration: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        for name, value in values.items():
+            self._csv.writerow([iteration, name, f'{value:.6g}', f'{now:.3f}'])
+            if self.writer is not None:
+                self.writer.add_scalar(name, value, iteration)
+        self._csv_file.flush()
+
+    def progress(self, iteration: int, loss: float, images_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.n = iteration
+            self.bar.set_postfix(loss=f'{loss:.4f}', img_s=f'{images_per_s:.1f}', refresh=False)
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        self._csv_file.close()
+        self._log.close()
