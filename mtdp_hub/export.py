@@ -8,6 +8,7 @@ so a failed export never leaves a half-written folder or clobbers an existing on
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -151,6 +152,8 @@ def export_folder(
     architecture = cfg.get('architecture') or type(model).__name__.lower()
     export_arch = PLAIN_TIMM_ARCHITECTURE.get(architecture, architecture)
 
+    # safetensors needs contiguous CPU tensors: export a copy, leave the caller's model as it is.
+    model = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.partial-'))
     try:

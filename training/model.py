@@ -79,16 +79,11 @@ def imagenet_weights_name(arch: str) -> str:
 
 
 def _load_weights_file(path: Path) -> dict:
-    if path.is_dir():
-        path = path / 'model.safetensors'
-    if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    for key in ('model', 'state_dict'):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    return state
+    """A backbone state dict from a file or exported folder; original mtdp checkpoints are split."""
+    from mtdp_hub.convert import is_mtdp_layout, read_state_dict, split_mtdp_checkpoint
+
+    state = read_state_dict(path / 'model.safetensors' if path.is_dir() else path)
+    return split_mtdp_checkpoint(state)[0] if is_mtdp_layout(state) else state
 
 
 def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | None = None,

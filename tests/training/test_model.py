@@ -56,3 +56,25 @@ def test_init_from_a_local_file_loads_every_weight(tmp_path):
     save_file({k: v.contiguous() for k, v in bad.items()}, str(tmp_path / 'partial.safetensors'))
     with pytest.raises(ValueError, match='missing keys'):
         create_backbone('test_resnet', str(tmp_path / 'partial.safetensors'))
+
+
+def test_init_from_an_original_mtdp_checkpoint(original_checkpoint):
+    """Continue pre-training from the authors' released file: backbone keys taken, heads and fc dropped."""
+    ckpt = original_checkpoint('resnet50')
+    net = create_backbone('mtdp_resnet50', str(ckpt.path), log=lambda m: None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (net(x) - ckpt.reference(x)).abs().max() <= 1e-5
+
+
+def test_channels_last_model_exports(tmp_path):
+    from mtdp_hub.export import export_folder
+
+    net = timm.create_model('test_resnet', num_classes=0).to(memory_format=torch.channels_last).eval()
+    folder = export_folder(net, tmp_path / 'export')
+    again = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(again(x), net(x), atol=1e-6)
+    weight = next(p for p in net.parameters() if p.dim() == 4 and p.shape[2] > 1)
+    assert weight.is_contiguous(memory_format=torch.channels_last), "the caller's model is untouched"
