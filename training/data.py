@@ -26,13 +26,16 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'train_transform', 'eval_transform',
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+# (x / 255 - mean) / std as (x - 255 mean) * 1 / (255 std): one float conversion and two in-place
+# passes over a contiguous CHW tensor. The slower form (a float copy of the permuted view, then three
+# new tensors) took more time than the JPEG decode (BENCHMARKS.md, data pipeline).
+_MEAN255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+_INV_STD255 = 1 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
 
 
 def _to_normalised_tensor(im: Image.Image) -> torch.Tensor:
-    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
-    return (x - _MEAN) / _STD
+    x = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+    return x.float().sub_(_MEAN255).mul_(_INV_STD255)
 
 
 def train_transform(im: Image.Image, size: int, generator: torch.Generator) -> torch.Tensor:

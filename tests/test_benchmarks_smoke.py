@@ -1,0 +1,143 @@
+"""The benchmark scripts run: ``--help`` of each, tiny CPU runs, and ``gpu.py --device cpu --smoke``.
+
+Speed itself is measured by the scripts (figures in BENCHMARKS.md), never asserted here.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / 'benchmarks'
+CRC = ROOT.parent / 'shared' / 'data' / 'crc-he-5class'
+SCRIPTS = ['multitask_overhead', 'data_pipeline', 'extraction', 'weight_loading', 'gpu']
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(name: str, argv: list[str]) -> dict:
+    import torch
+
+    threads = torch.get_num_threads()   # the scripts may set it (--threads); leave it as found
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert _load(name).main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.getvalue())
+
+
+def _positive(d: dict, keys: list[str]) -> None:
+    for k in keys:
+        assert isinstance(d[k], (int, float)) and d[k] > 0, (k, d[k])
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        _load(name).main(['--help'])
+    assert e.value.code == 0
+    assert 'usage:' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_multitask_overhead_tiny():
+    d = _run('multitask_overhead', ['--arch', 'resnet18', '--img-size', '32', '--batch-size', '4', '--rounds', '2',
+                                    '--steps-per-round', '1', '--device', 'cpu', '--threads', '1'])
+    assert d['benchmark'] == 'multitask_overhead' and d['tasks'] == 22 and d['machine']['cpu']
+    _positive(d, ['multitask_img_per_s', 'single_head_img_per_s', 'ratio', 'ratio_of_medians', 'ratio_of_best'])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CRC.is_dir(), reason=f'shared data {CRC} absent')
+def test_data_pipeline_tiny():
+    d = _run('data_pipeline', ['--sizes', '112', '--images-per-round', '8', '--rounds', '1'])
+    r = d['size_112']
+    _positive(r, ['project', 'torchvision', 'project_uint8', 'decode_jpeg_uint8', 'pil_draft_uint8',
+                  'project_vs_torchvision'])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CRC.is_dir(), reason=f'shared data {CRC} absent')
+def test_extraction_tiny():
+    d = _run('extraction', ['--model', 'random:resnet18', '--images', '4', '--batch-size', '2', '--img-size', '32',
+                            '--rounds', '1', '--workers', '0', '--device', 'cpu', '--threads', '1'])
+    _positive(d, ['extract_img_per_s', 'forward_img_per_s', 'ratio'])
+    assert d['images_per_round'] == 4
+
+
+@pytest.mark.slow
+def test_gpu_script_smoke_on_cpu():
+    """As on the GPU machine: run from the repo root with PYTHONPATH=. (the package is not installed there)."""
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    env.pop('OUT', None)
+    proc = subprocess.run([sys.executable, 'benchmarks/gpu.py', '--device', 'cpu', '--smoke'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    sections = {json.loads(x)['section']: json.loads(x) for x in lines if x.startswith('{"section"')}
+    summary = json.loads('\n'.join(lines[lines.index('{'):]))
+    assert set(sections) == {'jpegs', 'overhead_resnet50', 'train_resnet50', 'extraction', 'train_densenet121'}
+    assert summary['smoke'] is True and summary['card'] and 'machine' in summary
+    for arch in ('resnet50', 'densenet121'):
+        r = summary['train'][arch]
+        assert 'error' not in r, r
+        _positive(r['synthetic'], ['img_per_s'])
+        for mode in ('project', 'uint8', 'gpu_decode'):
+            _positive(r[f'e2e_{mode}'], ['img_per_s', 'steps'])
+    _positive(summary['multitask_overhead_resnet50'], ['multitask_img_per_s', 'single_head_img_per_s', 'ratio'])
+    _positive(summary['extraction'], ['extract_img_per_s', 'forward_img_per_s', 'ratio'])
+    assert 'resnet50_e2e_img_per_s' in summary['targets']
+
+
+def test_vectorised_heads_match_routed_heads():
+    """The heads proposed for training/ (one matmul + gather, foreach rescale) compute the same function."""
+    import torch
+    from torch import nn
+
+    from training.model import MultiTaskNet
+    from training.recipe import multitask_loss, rescale_head_grads, task_counts
+
+    mo = _load('multitask_overhead')
+
+    class FeaturesIn(nn.Module):
+        num_features = 16
+
+        def forward(self, x):
+            return x
+
+    torch.manual_seed(0)
+    tasks = {'a': 3, 'b': 2, 'c': 5, 'absent': 4}
+    model = MultiTaskNet(FeaturesIn(), tasks)
+    model._gather_index = mo.head_gather_index(model.num_classes)
+    f = torch.randn(12, 16)
+    t = torch.tensor([0, 1, 2] * 4)
+    y = torch.tensor([2, 1, 4, 0, 0, 3, 1, 1, 0, 2, 1, 2])
+    reference = model(f, t)
+    vectorised = mo.vectorised_head_logits(model, f, t)
+    assert torch.equal(torch.isinf(reference), torch.isinf(vectorised))
+    torch.testing.assert_close(vectorised, reference)
+    grads = []
+    for logits_fn, rescale in ((lambda: model(f, t), rescale_head_grads),
+                               (lambda: mo.vectorised_head_logits(model, f, t), mo.foreach_rescale_head_grads)):
+        model.zero_grad(set_to_none=False)
+        multitask_loss(logits_fn(), y).backward()
+        rescale(model, task_counts(t, len(tasks)), len(t))
+        grads.append([p.grad.clone() for p in model.heads.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a)
+    assert model.heads['absent'].weight.grad.abs().sum() == 0
