@@ -16,9 +16,10 @@ fused SGD (momentum 0.9) where available, the training step of the real componen
                          normalisation per image in the workers);
       ``uint8``          PIL decode + crop/resize/flips in the workers, uint8 batches, float
                          conversion + normalisation on the GPU;
-      ``gpu_decode``     the workers only read the file bytes; ``torchvision.io.decode_jpeg(...,
-                         device='cuda')`` decodes the batch on the GPU, where crop/resize/flips and
-                         normalisation run too;
+      ``gpu_decode``     the training loop's ``data.decode: gpu``: the workers only read the file
+                         bytes (``training.data.EncodedMultiTaskDataset``); ``DeviceAugment`` decodes
+                         the batch with ``decode_jpeg(device='cuda')`` and crops, resizes, flips and
+                         normalises there;
   - the multi-task overhead in eager mode at the paper's batch of 64 (multi-task step / the same
     backbone with one head), with the foreach head-gradient rescale (proposed) beside it;
   - extraction: ``mtdp extract``'s pipeline (``extract_source``) vs the bare forward on
@@ -59,7 +60,14 @@ from multitask_overhead import (  # noqa: E402
 )
 from timing import interleaved_rates, ratios  # noqa: E402
 
-from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset  # noqa: E402
+from training.data import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceAugment,
+    EncodedMultiTaskDataset,
+    MultiTaskDataset,
+    collate_encoded,
+)
 from training.model import MultiTaskNet  # noqa: E402
 from training.pool import load_pool  # noqa: E402
 from training.recipe import multitask_loss, param_groups, rescale_head_grads, task_counts  # noqa: E402
@@ -118,71 +126,15 @@ class Uint8Dataset(Dataset):
         return pil_uint8(str(task.splits[split].items[i]), self.base.size, g), task.splits[split].labels[i], t
 
 
-class EncodedDataset(Dataset):
-    """File bytes only (uint8 1-D tensor) + label, task, augmentation seed: decode happens on the GPU."""
+class Normalise:
+    """uint8 batch on the device -> ImageNet-normalised float batch (the ``uint8`` mode's last step)."""
 
-    def __init__(self, base: MultiTaskDataset):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, key):
-        from torchvision.io import read_file
-
-        flat, seed = key
-        t, split, i = self.base.index[flat]
-        task = self.base.pool.tasks[t]
-        return read_file(str(task.splits[split].items[i])), task.splits[split].labels[i], t, int(seed)
-
-
-def collate_encoded(batch):
-    data, y, t, seeds = zip(*batch)
-    return list(data), torch.tensor(y), torch.tensor(t), torch.tensor(seeds)
-
-
-class DeviceAugment:
-    """Random maximal square crop -> resize -> random H/V flips -> ImageNet normalisation, on the device.
-
-    Input: a list of uint8 CHW images already on the device (any sizes). Crop offsets come from
-    a CPU generator (no device sync); flips are per-sample masks drawn on the device.
-    """
-
-    def __init__(self, size: int, device: torch.device, channels_last: bool, seed: int = 0):
-        self.size, self.device, self.channels_last = size, device, channels_last
+    def __init__(self, device: torch.device, channels_last: bool):
+        self.channels_last = channels_last
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
         self.inv_std = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
-        self.cpu_gen = torch.Generator().manual_seed(seed)
-        self.dev_gen = torch.Generator(device=device).manual_seed(seed)
 
-    def crop_resize(self, images: list[torch.Tensor]) -> torch.Tensor:
-        s = self.size
-        if all(im.shape[1] == s and im.shape[2] == s for im in images):
-            return torch.stack(images)   # square at the target size: the crop is the whole image
-        out = []
-        for im in images:
-            h, w = im.shape[1:]
-            side = min(h, w)
-            y0 = int(torch.randint(0, h - side + 1, (1,), generator=self.cpu_gen))
-            x0 = int(torch.randint(0, w - side + 1, (1,), generator=self.cpu_gen))
-            im = im[:, y0:y0 + side, x0:x0 + side]
-            if side != s:
-                im = F.interpolate(im[None].float(), size=(s, s), mode='bilinear', antialias=True,
-                                   align_corners=False).round_().clamp_(0, 255).to(torch.uint8)[0]
-            out.append(im)
-        return torch.stack(out)
-
-    def flips_normalise(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, S, S) on the device -> flipped, normalised float32 batch."""
-        b = x.shape[0]
-        r = torch.rand(2, b, 1, 1, 1, device=self.device, generator=self.dev_gen)
-        x = torch.where(r[0] < 0.5, x.flip(3), x)
-        x = torch.where(r[1] < 0.5, x.flip(2), x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (x.float() - self.mean) * self.inv_std
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return (x.float() - self.mean) * self.inv_std
@@ -245,36 +197,35 @@ class Budget:
 
 
 def e2e_loader(mode: str, base: MultiTaskDataset, batch: int, workers: int, seed: int, device: torch.device):
-    ds = {'project': base, 'uint8': Uint8Dataset(base), 'gpu_decode': EncodedDataset(base)}[mode]
+    encoded = EncodedMultiTaskDataset(base.pool, ['train'], base.size)   # training's data.decode: gpu
+    ds = {'project': base, 'uint8': Uint8Dataset(base), 'gpu_decode': encoded}[mode]
     sampler = TaskUniformSampler(base.task_sizes, seed, num_draws=None)
     kw = dict(batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
               pin_memory=device.type == 'cuda')
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=2)   # 15 workers x 2 x 256 x 600 KB = 4.6 GB of /dev/shm
     if mode == 'gpu_decode':
-        kw.update(collate_fn=collate_encoded, pin_memory=False)
+        kw.update(collate_fn=collate_encoded)
     return DataLoader(ds, **kw)
 
 
 def run_e2e(trainer: Trainer, mode: str, base: MultiTaskDataset, args, device: torch.device,
-            augment: DeviceAugment, seconds: float) -> dict:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
+            normalise: Normalise, seconds: float) -> dict:
     workers = args.decode_workers if mode == 'gpu_decode' else args.workers
     loader = e2e_loader(mode, base, args.batch_size, workers, args.seed, device)
     held = {'batches': iter(loader)}   # cleared at the end, which stops the workers
     mf = trainer.memory_format
+    device_augment = DeviceAugment(args.img_size, device, mf)
 
     def step():
         batches = held['batches']
         if mode == 'gpu_decode':
-            data, y, t, _ = next(batches)
-            imgs = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-            x = augment.flips_normalise(augment.crop_resize(imgs))
+            data, y, t = next(batches)
+            x = device_augment(data)   # the training loop's path for data.decode: gpu
         else:
             x, y, t = next(batches)
             x = x.to(device, non_blocking=True)
-            x = augment.normalise(x) if mode == 'uint8' else x.to(memory_format=mf)
+            x = normalise(x) if mode == 'uint8' else x.to(memory_format=mf)
         trainer.step(x, y.to(device, non_blocking=True), t.to(device, non_blocking=True))
 
     t0 = time.perf_counter()
@@ -380,14 +331,14 @@ def train_section(arch: str, args, device: torch.device, base: MultiTaskDataset,
     res['synthetic'] = timed_steps(lambda: trainer.step(x, y, t), args.batch_size, args.measure_s, args.min_steps,
                                    device)
     log(f'{arch}: synthetic {res["synthetic"]["img_per_s"]} img/s (warm-up incl. compile {res["warmup_and_compile_s"]} s)')
-    augment = DeviceAugment(args.img_size, device, channels_last, args.seed)
+    normalise = Normalise(device, channels_last)
     for mode in modes:
         need = args.measure_s + 20
         if not budget.fits(need):
             res[f'e2e_{mode}'] = {'skipped': f'time budget ({budget.left():.0f} s left, {need:.0f} s needed)'}
             continue
         try:
-            res[f'e2e_{mode}'] = run_e2e(trainer, mode, base, args, device, augment, args.measure_s)
+            res[f'e2e_{mode}'] = run_e2e(trainer, mode, base, args, device, normalise, args.measure_s)
             log(f'{arch}: end to end [{mode}] {res[f"e2e_{mode}"]["img_per_s"]} img/s')
         except Exception as e:  # one failing mode (e.g. no GPU JPEG decoder) must not lose the others
             res[f'e2e_{mode}'] = {'error': f'{type(e).__name__}: {e}'}

@@ -33,6 +33,7 @@ class DataConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 4
     bad_images: str = 'error'            # 'error': stop before the first step; 'skip': drop and list them
+    decode: str = 'cpu'                  # 'gpu': workers read JPEG bytes, nvJPEG decodes + augments on the GPU
     scan_images: bool = True             # decode every image before training (needed by both policies)
     train_splits: list[str] = field(default_factory=lambda: ['train'])  # released models: train, val, test
     val_split: str = 'val'
@@ -95,6 +96,7 @@ class Config:
         """Cross-field checks; raises :class:`ConfigError`."""
         checks = [
             (self.data.bad_images in ('error', 'skip'), "data.bad_images must be 'error' or 'skip'"),
+            (self.data.decode in ('cpu', 'gpu'), "data.decode must be 'cpu' or 'gpu'"),
             (self.model.if_weights_missing in ('error', 'random'), "model.if_weights_missing must be 'error' or 'random'"),
             (self.run.amp in ('auto', 'bf16', 'fp16', 'none'), "run.amp must be one of auto, bf16, fp16, none"),
             (self.run.resume in ('auto', 'never'), "run.resume must be 'auto' or 'never'"),

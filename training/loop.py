@@ -28,7 +28,16 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
 from .config import Config, save_config, to_dict
-from .data import BadImagesError, MultiTaskDataset, SplitDataset, apply_bad_image_policy, scan_pool
+from .data import (
+    BadImagesError,
+    DeviceAugment,
+    EncodedMultiTaskDataset,
+    MultiTaskDataset,
+    SplitDataset,
+    apply_bad_image_policy,
+    collate_encoded,
+    scan_pool,
+)
 from .distributed import Dist, setup, teardown
 from .model import MultiTaskNet, create_backbone, set_training_preprocessing
 from .monitor import Monitor
@@ -263,13 +272,15 @@ def _train(cfg: Config, d: Dist) -> dict:
         skipped = report.lines()
         if skipped:
             log(f'skipping {len(skipped)} undecodable image(s) (data.bad_images: skip):\n  ' + '\n  '.join(skipped))
-    train_set = MultiTaskDataset(pool, cfg.data.train_splits, cfg.data.size, cfg.data.bad_images)
+    dataset_cls = EncodedMultiTaskDataset if cfg.data.decode == 'gpu' else MultiTaskDataset
+    train_set = dataset_cls(pool, cfg.data.train_splits, cfg.data.size, cfg.data.bad_images)
     log(f'pool: {len(pool)} tasks, {len(train_set)} training images; '
         + ', '.join(f'{t.name} ({t.num_classes} cl., {n} img)' for t, n in zip(pool.tasks, train_set.task_sizes)))
     sampler = TaskUniformSampler(train_set.task_sizes, cfg.run.seed, d.rank, d.world_size,
                                  num_draws=S.iterations * per_rank_batch)
     workers = cfg.data.num_workers
-    loader_kw = dict(num_workers=workers, pin_memory=cfg.data.pin_memory and d.device.type == 'cuda')
+    loader_kw = dict(num_workers=workers, pin_memory=cfg.data.pin_memory and d.device.type == 'cuda',
+                     collate_fn=collate_encoded if cfg.data.decode == 'gpu' else None)
     if workers > 0:
         loader_kw.update(persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
 
@@ -281,9 +292,14 @@ def _train(cfg: Config, d: Dist) -> dict:
     model = MultiTaskNet(backbone, {t.name: t.num_classes for t in pool.tasks})
     memory_format = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(d.device, memory_format=memory_format)
+    if cfg.data.decode == 'gpu':   # decode + augmentation of JPEG bytes on the device
+        to_device = DeviceAugment(cfg.data.size, d.device, memory_format)
+    else:
+        def to_device(x):
+            return x.to(d.device, non_blocking=True, memory_format=memory_format)
     opt = cfg.optim
     optimizer = torch.optim.SGD(param_groups(model, opt.lr, opt.head_lr_mult), lr=opt.lr, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay)
+                                weight_decay=opt.weight_decay, fused=True if d.device.type == 'cuda' else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(S.warmup_iterations, S.warmup_lr, opt.lr,
                                                                         opt.head_lr_mult))
     amp_dtype = _autocast_dtype(cfg, d.device)
@@ -308,9 +324,9 @@ def _train(cfg: Config, d: Dist) -> dict:
         cal_sampler = TaskUniformSampler(train_set.task_sizes, cfg.run.seed + 7919, d.rank, d.world_size,
                                          num_draws=S.bn_recalibration_batches * per_rank_batch)
         cal_loader = DataLoader(train_set, batch_size=per_rank_batch, sampler=cal_sampler, num_workers=workers,
-                                pin_memory=loader_kw['pin_memory'])
+                                pin_memory=loader_kw['pin_memory'], collate_fn=loader_kw['collate_fn'])
         n = recalibrate_batchnorm(
-            model.backbone, (x.to(d.device, memory_format=memory_format) for x, _, _ in cal_loader),
+            model.backbone, (to_device(x) for x, _, _ in cal_loader),
             all_reduce=d.all_reduce_sum if d.enabled else None)
         log(f'batch-norm re-calibration on {n} mixed-task batches')
     sampler.position = start * per_rank_batch
@@ -362,7 +378,7 @@ def _train(cfg: Config, d: Dist) -> dict:
                 log(f'iteration {it}: ' + ('head-only warm-up (backbone frozen, BN in eval mode)' if frozen
                                            else 'training the whole network'))
             x, y, t = next(batches)
-            x = x.to(d.device, non_blocking=True, memory_format=memory_format)
+            x = to_device(x)
             y, t = y.to(d.device, non_blocking=True), t.to(d.device, non_blocking=True)
             with _autocast(d.device, amp_dtype):
                 logits = train_model(x, t)

@@ -59,3 +59,53 @@ def test_dataset_items_depend_only_on_the_draw_not_on_workers(tiny_pool):
     for (_x, label, t), (flat, _) in zip(direct, draws):
         task, split, i = ds.index[flat]
         assert t == task and label == pool.tasks[t].splits[split].labels[i]
+
+
+def _jpeg_task(root, size=(60, 40), n=6, mode='RGB'):
+    rng = np.random.default_rng(0)
+    for cls in ('a', 'b'):
+        (root / 'train' / cls).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(a).convert(mode).save(root / 'train' / cls / f'p_{i}.jpg', quality=90)
+    return root
+
+
+def test_device_decode_makes_the_cpu_paths_batch(tmp_path):
+    """data.decode: gpu (run here on the CPU device): same crops and flips as the Pillow path, from bytes."""
+    from training.data import DeviceAugment, EncodedMultiTaskDataset, collate_encoded
+
+    pool = load_pool({'tasks': [{'name': 'rgb', 'root': str(_jpeg_task(tmp_path / 'rgb'))},
+                                {'name': 'grey', 'root': str(_jpeg_task(tmp_path / 'grey', mode='L'))}]})
+    for size in (40, 24):   # 40: the crop is already the input size; 24: resized
+        cpu, enc = MultiTaskDataset(pool, ['train'], size), EncodedMultiTaskDataset(pool, ['train'], size)
+        draws = list(TaskUniformSampler(cpu.task_sizes, seed=1, num_draws=16))
+        items, _, tasks = collate_encoded([enc[k] for k in draws])
+        assert {im.params is None for im, t in zip(items, tasks.tolist()) if t == 1} == {True}   # grey: CPU
+        assert {im.data.dim() for im, t in zip(items, tasks.tolist()) if t == 0} == {1}   # RGB JPEG: bytes
+        x = DeviceAugment(size, torch.device('cpu'))(items)
+        ref = torch.stack([cpu[k][0] for k in draws])
+        diff = (x - ref).abs()
+        if size == 40:
+            assert diff.max() < 1e-5
+        else:   # Pillow's and torch's antialiased bilinear resize differ by at most a grey level or two
+            assert diff.max() < 2.5 / 255 / 0.224 and diff.mean() < 0.01
+
+
+def test_device_decode_trains_to_the_same_weights(tmp_path):
+    """Through the whole loop: decoding on the device gives the weights the Pillow path gives."""
+    from training.config import from_dict
+    from training.loop import main
+
+    from .conftest import tiny_config_dict
+
+    pool = tmp_path / 'pool.yaml'
+    pool.write_text(f'tasks:\n  - root: {_jpeg_task(tmp_path / "a")}\n  - root: {_jpeg_task(tmp_path / "b", n=4)}\n')
+    sha = {}
+    for decode in ('cpu', 'gpu'):
+        d = tiny_config_dict(pool, tmp_path / 'runs', schedule={'iterations': 4, 'warmup_iterations': 1,
+                                                               'bn_recalibration_batches': 1})
+        d['data'].update(size=40, decode=decode, scan_images=False)
+        d['run']['name'] = decode
+        sha[decode] = main(from_dict(d).validate())['weights_sha256']
+    assert sha['cpu'] == sha['gpu']
