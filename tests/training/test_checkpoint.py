@@ -180,4 +180,3 @@ def test_cli_resume_continues_a_stopped_run(tiny_config, monkeypatch):
     summary = json.loads((run_dir / 'summary.json').read_text())
     assert summary['resumed_from'] == 5 and summary['weights_sha256'] == ref['weights_sha256']
     assert 'resuming from' in (run_dir / 'log.txt').read_text()
-
