@@ -12,7 +12,6 @@ cached Hub snapshot's revision (and file hash) for Hub weights.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import re
@@ -22,20 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtdp_hub.weights import sha256_file
+
 RANDOM_PREFIX = 'random:'
 _PREPROCESS_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    try:
-        from mtdp_hub.weights import sha256_file
-    except ImportError:  # pragma: no cover - the lead's module is optional for this one function
-        h = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for chunk in iter(lambda: f.read(1 << 20), b''):
-                h.update(chunk)
-        return h.hexdigest()
-    return sha256_file(path)
 
 
 def spec_slug(spec: str) -> str:
@@ -110,7 +99,7 @@ def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[st
         cands = [folder / 'model.safetensors', folder / 'pytorch_model.bin']
         file = next((str(c) for c in cands if c.exists()), None)
     if file and os.path.isfile(file):
-        out.update(source='file', file=str(file), sha256=_sha256(file))
+        out.update(source='file', file=str(file), sha256=sha256_file(file))
         return out
     hub_id = cfg.get('hf_hub_id')
     if spec.startswith('hf-hub:'):
@@ -119,14 +108,14 @@ def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[st
         revision, cached = _hub_snapshot(hub_id)
         out.update(source='hf-hub', hf_hub_id=hub_id, revision=revision)
         if cached:
-            out['sha256'] = _sha256(cached)
+            out['sha256'] = sha256_file(cached)
         return out
     url = cfg.get('url')
     if url:
         out.update(source='url', url=url)
         cached = Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(url)
         if cached.is_file():
-            out['sha256'] = _sha256(cached)
+            out['sha256'] = sha256_file(cached)
         return out
     return {'source': 'unknown'}
 
