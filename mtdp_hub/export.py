@@ -164,9 +164,13 @@ def export_folder(
         if heads:
             save_heads(tmp / HEADS_FILE, heads, class_names)
         (tmp / 'README.md').write_text(render_card(model_name, export_arch, model.num_features, card_extra))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        # Swap with renames only, so a kill at any point leaves the old or the new folder in place.
+        old = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}') if out_dir.exists() else None
+        if old is not None:
+            os.replace(out_dir, old)
         os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

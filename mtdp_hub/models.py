@@ -24,7 +24,7 @@ from timm.models.densenet import DenseNet
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from .convert import CheckpointError, checkpoint_filter_fn
+from .convert import CheckpointError, checkpoint_filter_fn, read_state_dict
 from .weights import ENV_WEIGHTS_DIR, WeightSource, fetch_weights
 
 __all__ = ['MtdpDenseNet', 'default_cfgs', 'WEIGHT_SHA256', 'ORIGINAL_FILES', 'HF_ORG']
@@ -112,9 +112,15 @@ def _create_mtdp(model_cls: type[nn.Module], variant: str, pretrained: bool = Fa
             pretrained_cfg=kwargs.get('pretrained_cfg'),
             pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
         )
-        if cfg.source not in ('hf-hub', 'local-dir') and not cfg.file and not cfg.state_dict:
-            path = fetch_weights(f'{variant}.{cfg.tag}', weight_sources(cfg), cache_dir=kwargs.get('cache_dir'))
-            kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(path)}
+        if cfg.source not in ('hf-hub', 'local-dir') and not cfg.state_dict:
+            path = cfg.file
+            if not path:
+                path = fetch_weights(f'{variant}.{cfg.tag}', weight_sources(cfg), cache_dir=kwargs.get('cache_dir'))
+                kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(path)}
+            if not str(path).endswith('.safetensors'):
+                # A pickle is opened here with weights_only=True before timm sees it, whatever timm's
+                # own default: a file that asks to run code, or a truncated one, stops with its name.
+                read_state_dict(path)
     try:
         return build_model_with_cfg(
             model_cls,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .convert import read_state_dict
+
 _logger = logging.getLogger(__name__)
 
 ENV_WEIGHTS_DIR = 'MTDP_WEIGHTS_DIR'
@@ -127,12 +129,16 @@ def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path
             cached.unlink(missing_ok=True)
 
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f'.{model_tag}-', suffix='.partial')
+    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f'.{model_tag}-', suffix=f'.partial{suffix}')
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         torch.hub.download_url_to_file(src.location, str(tmp), progress=_logger.isEnabledFor(logging.INFO))
         actual = verify_sha256(tmp, src.sha256, src.describe())
+        if src.sha256 is None:
+            # Without a recorded hash, at least never cache what is not a plain tensor checkpoint
+            # (an HTML error page served with 200, a truncated file).
+            read_state_dict(tmp)
         final = cache / _url_cache_name(model_tag, src.file_name, actual)
         os.replace(tmp, final)
         return final

@@ -162,3 +162,13 @@ def test_hub_file_with_wrong_hash_is_removed_from_the_cache(original_checkpoint,
         timm.create_model('mtdp_resnet50', pretrained=True, cache_dir=tmp_path / 'hf')
     assert not (snapshot / 'model.safetensors').exists()
     assert (snapshot / 'config.json').exists()
+
+
+def test_unhashed_download_that_is_not_a_checkpoint_is_not_cached(http_server, monkeypatch, tmp_path):
+    http_server.files[URL_PATHS['resnet50']] = b'<html>Service Unavailable</html>'
+    cfg = _registry_cfg('mtdp_resnet50.mtdp22')
+    monkeypatch.setattr(cfg, 'url', http_server.url + URL_PATHS['resnet50'])
+    monkeypatch.setattr(cfg, 'hf_hub_id', None)
+    with pytest.raises(mtdp_hub.WeightsNotFoundError, match='CheckpointError'):
+        timm.create_model('mtdp_resnet50', pretrained=True, cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
