@@ -18,6 +18,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
+    from mtdp_hub.convert import CheckpointError as WeightsFileError
+
     from .checkpoint import CheckpointError
     from .data import BadImagesError
     from .loop import NonFiniteLossError, TrainingInterrupted, main
@@ -50,7 +52,8 @@ def _train(args) -> int:
     except NonFiniteLossError as e:
         print(f'error: {e}', file=sys.stderr)
         return 3
-    except (PoolError, BadImagesError, WeightsUnavailableError, CheckpointError, ConfigError) as e:
+    except (PoolError, BadImagesError, WeightsUnavailableError, CheckpointError, WeightsFileError, ConfigError,
+            FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)   # problems found before (or instead of) training: no traceback
         return 2
     metrics = summary.get('metrics', {})

@@ -213,6 +213,29 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return apply_overrides(cfg, overrides or [])
 
 
+# Settings that shape the weights: a resumed run must keep them (iterations, logging, checkpoint
+# cadence, workers and the like may change).
+RESUME_FIXED = ('pool', 'model.', 'optim.', 'data.size', 'data.batch_size', 'data.train_splits',
+                'schedule.warmup_iterations', 'schedule.warmup_lr', 'schedule.bn_recalibration_batches', 'run.seed')
+
+
+def _flatten(values: dict, prefix: str = '') -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def resume_changes(saved: dict, current: Config) -> list[str]:
+    """The settings of ``current`` that differ from a checkpoint's ``saved`` config, as ``key: old -> new``."""
+    old, new = _flatten(saved), _flatten(to_dict(current))
+    keys = sorted(k for k in old.keys() | new.keys() if k == 'pool' or k.startswith(RESUME_FIXED))
+    return [f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in keys if old.get(k) != new.get(k)]
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (reloads with :func:`load_config` to an equal Config)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -138,11 +138,11 @@ class EncodedMultiTaskDataset(MultiTaskDataset):
         if task._hf is None and str(item).lower().endswith(('.jpg', '.jpeg')):
             try:
                 with Image.open(item) as im:
-                    size, mode = im.size, im.mode
+                    size, mode, fmt = im.size, im.mode, im.format
                     data = Path(item).read_bytes()
             except OSError as e:
                 raise UnreadableImageError(item, f'{type(e).__name__}: {e}') from e
-            if mode == 'RGB':
+            if fmt == 'JPEG' and mode == 'RGB':   # by content: a PNG named .jpg goes the Pillow way
                 params = augment_params(*size, generator)
                 return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), torch.tensor(params))
         im = task.load(split, j)

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from . import checkpoint as ckpt
-from .config import Config, save_config, to_dict
+from .config import Config, ConfigError, resume_changes, save_config, to_dict
 from .data import (
     BadImagesError,
     DeviceAugment,
@@ -254,7 +254,15 @@ def _train(cfg: Config, d: Dist) -> dict:
         found = ckpt.latest_checkpoint(ckpt_dir, log=log)
         if found is not None:
             resume = found[1]
+            changes = resume_changes(resume['config'], cfg)
+            if changes:
+                raise ConfigError(f'{run_dir} was trained with other settings ({"; ".join(changes)}). Resume with '
+                                  f'its own config (python -m training --resume {run_dir}) or start another run '
+                                  '(--set run.name=NEW)')
             log(f'resuming from {found[0]} (iteration {resume["iteration"]})')
+    elif ckpt.list_checkpoints(ckpt_dir):
+        raise ConfigError(f'{ckpt_dir} holds checkpoints of an earlier run and run.resume is never: '
+                          'choose another run.name, or run.resume=auto to continue it')
     if d.is_main:
         save_config(cfg, run_dir / 'config.yaml')
 
@@ -319,6 +327,7 @@ def _train(cfg: Config, d: Dist) -> dict:
         _set_rng_state(resume['rng'])
         metrics = resume.get('metrics', {})
         start = resume['iteration']
+        monitor.resumed_at(start)
     elif S.bn_recalibration_batches > 0:
         # Mixed-task batches from a stream of their own (the training stream stays untouched).
         cal_sampler = TaskUniformSampler(train_set.task_sizes, cfg.run.seed + 7919, d.rank, d.world_size,
@@ -405,7 +414,8 @@ def _train(cfg: Config, d: Dist) -> dict:
             is_log = iteration % S.log_every == 0 or iteration == S.iterations
             is_ckpt = iteration % S.checkpoint_every == 0 or iteration == S.iterations
             is_val = bool(S.val_every) and iteration % S.val_every == 0 and iteration < S.iterations
-            check_now = is_log or is_ckpt or d.device.type == 'cpu'
+            stopping = stop['signum'] is not None
+            check_now = is_log or is_ckpt or d.device.type == 'cpu' or (stopping and not d.enabled)
             if check_now and d.any(bool(first_bad.item() >= 0)):
                 bad_it = int(first_bad.item()) if first_bad.item() >= 0 else iteration
                 present = {pool.names[i]: int(c) for i, c in enumerate(bad_counts.tolist()) if c > 0}

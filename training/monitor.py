@@ -3,6 +3,7 @@ when the ``tensorboard`` package is installed. Only the main rank writes."""
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,22 @@ class Monitor:
             print(message, flush=True)
         self._log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
         self._log.flush()
+
+    def resumed_at(self, iteration: int) -> None:
+        """Drop the CSV rows logged after ``iteration`` by the run that stopped (they are redone)."""
+        if not self.enabled:
+            return
+        self._csv_file.close()
+        path = self.run_dir / 'metrics.csv'
+        with open(path, newline='') as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
+        tmp = path.with_suffix('.csv.tmp')
+        with open(tmp, 'w', newline='') as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, path)
+        self._csv_file = open(path, 'a', newline='')
+        self._csv = csv.writer(self._csv_file)
 
     def scalars(self, iteration: int, values: dict[str, float]) -> None:
         if not self.enabled:

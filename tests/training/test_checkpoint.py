@@ -1,6 +1,7 @@
 """Checkpoints: atomic, keep-last-K, disk full, killed runs; resume equals an uninterrupted run."""
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -16,7 +17,7 @@ import yaml
 
 import training.checkpoint as ckpt
 import training.loop as loop
-from training.config import to_dict
+from training.config import ConfigError, to_dict
 
 from .conftest import REPO_ROOT, run_training_cli
 
@@ -180,3 +181,33 @@ def test_cli_resume_continues_a_stopped_run(tiny_config, monkeypatch):
     summary = json.loads((run_dir / 'summary.json').read_text())
     assert summary['resumed_from'] == 5 and summary['weights_sha256'] == ref['weights_sha256']
     assert 'resuming from' in (run_dir / 'log.txt').read_text()
+
+
+def test_resume_refuses_changed_settings_and_keeps_metrics_unique(tiny_config, monkeypatch):
+    cfg = tiny_config('change', schedule={'log_every': 1})
+
+    def crash(d, iteration):   # dies after iteration 6, the last checkpoint being iteration 4
+        if iteration == 6:
+            raise RuntimeError('simulated crash')
+
+    monkeypatch.setattr(loop, '_fault_point', crash)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        loop.main(cfg)
+    monkeypatch.setattr(loop, '_fault_point', lambda d, it: None)
+    changed = tiny_config('change', optim={'lr': 0.5, 'head_lr_mult': 2.0}, schedule={'log_every': 1})
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.01 -> 0\.5"):
+        loop.main(changed)
+    # More iterations and another log cadence are fine; the CSV then holds each iteration once.
+    longer = tiny_config('change', schedule={'iterations': 14, 'log_every': 1})
+    assert loop.main(longer)['resumed_from'] == 4
+    with open(loop.run_dir_of(cfg) / 'metrics.csv') as f:
+        its = [int(r['iteration']) for r in csv.DictReader(f) if r['name'] == 'train/loss']
+    assert its == list(range(1, 15))
+
+
+def test_resume_never_refuses_a_folder_with_checkpoints(tiny_config):
+    loop.main(tiny_config('old'))
+    with pytest.raises(ConfigError, match='run.resume is never'):
+        loop.main(tiny_config('old', run={'resume': 'never'}))
+    assert [p.name for p in ckpt.list_checkpoints(loop.run_dir_of(tiny_config('old')) / 'checkpoints')][-1] == \
+        'ckpt-000000012.pt'

@@ -109,3 +109,16 @@ def test_device_decode_trains_to_the_same_weights(tmp_path):
         d['run']['name'] = decode
         sha[decode] = main(from_dict(d).validate())['weights_sha256']
     assert sha['cpu'] == sha['gpu']
+
+
+def test_device_decode_sends_a_png_named_jpg_the_pillow_way(tmp_path):
+    from training.data import EncodedMultiTaskDataset
+
+    root = _jpeg_task(tmp_path / 't', n=2)
+    fake = root / 'train' / 'a' / 'p_0.jpg'
+    Image.open(fake).convert('RGB').save(fake, format='PNG')   # PNG bytes under a .jpg name
+    pool = load_pool({'tasks': [{'name': 't', 'root': str(root)}]})
+    ds = EncodedMultiTaskDataset(pool, ['train'], 24)
+    flat = [k for k, (_, _, i) in enumerate(ds.index) if pool.tasks[0].splits['train'].items[i] == str(fake)][0]
+    image, _, _ = ds[(flat, 0)]
+    assert image.params is None and image.data.shape == (3, 24, 24)
