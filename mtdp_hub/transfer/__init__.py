@@ -2,7 +2,7 @@
 
 - :mod:`.backbones`  model spec strings -> timm backbone, preprocessing, provenance (torch/timm only)
 - :mod:`.tasks`      task folders ``{root}/{train,val,test}/{class}/*``, group id = filename prefix
-- :mod:`.metrics`    accuracy / ROC AUC, mean +- std, the paper's significance rule (numpy only)
+- :mod:`.metrics`    accuracy / ROC AUC (scikit-learn, lazily), mean +- std, the significance rule
 - :mod:`.linear`     grouped-CV linear SVM / logistic regression on cached features (scikit-learn)
 - :mod:`.finetune`   backbone + fresh linear head, LR grid, best epoch on val
 - :mod:`.report`     JSON + Markdown side-by-side table + PNG plot (matplotlib)

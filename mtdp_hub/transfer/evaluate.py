@@ -5,6 +5,12 @@ under ``{out}/cache/`` (resumable :mod:`mtdp_hub.extract` files), so several cla
 seeds reuse them; C is tuned by grouped CV on train+val, scored on test. ``finetune``: see
 :mod:`mtdp_hub.transfer.finetune`. Seeds change what is random: the initialisation of
 ``random:`` models, fine-tuning (head init, data order) and the CV fold shuffling.
+
+A fixed-weight backbone in ``linear`` mode is one deterministic model: its features are computed
+once and its seeds only reshuffle the CV folds (and the liblinear state), so its std is CV noise,
+not model variance. Every run records ``independent`` (True for ``random:`` models and for
+fine-tuning, False for a fixed backbone in linear mode); the report states each std's source and
+applies the significance rule described in :mod:`mtdp_hub.transfer.metrics`.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from mtdp_hub.extract import FeatureExtractor, extract_source, make_source, read
 from mtdp_hub.transfer.backbones import is_random, package_versions, spec_slug
 from mtdp_hub.transfer.finetune import FinetuneConfig, finetune
 from mtdp_hub.transfer.linear import C_GRID, fit_linear
-from mtdp_hub.transfer.report import summarize, write_report
+from mtdp_hub.transfer.report import SIGNIFICANCE_RULE, summarize, write_report
 from mtdp_hub.transfer.tasks import Task, group_id, load_task
 
 MODES = ('linear', 'finetune')
@@ -91,13 +97,15 @@ def evaluate(task_root: str | os.PathLike, models: Sequence[str], *, modes: Sequ
                     X_tr, y_tr, g_tr = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), g_tr + g_va
                 X_te, y_te, _ = feats['test']
                 res = fit_linear(X_tr, y_tr, g_tr, X_te, y_te, metric=task.metric, classifier=classifier,
-                                 Cs=Cs, n_splits=cv_folds, seed=seed)
-                runs.append({'model': spec, 'mode': 'linear', 'seed': seed, 'classifier': classifier, **res})
+                                 Cs=Cs, n_splits=cv_folds, seed=seed, n_classes=task.n_classes)
+                # a fixed-weight backbone gives the same features for every seed: its spread is CV noise
+                runs.append({'model': spec, 'mode': 'linear', 'seed': seed, 'classifier': classifier,
+                             'independent': is_random(spec), **res})
                 print(f'[linear] {spec} seed {seed}: {task.metric} {res["score"]:.4f} (C={res["C"]:g})', file=sys.stderr)
         if 'finetune' in modes:
             for seed in seeds:
                 res = finetune(spec, task, ft_cfg, seed=seed)
-                runs.append({'model': spec, 'mode': 'finetune', 'seed': seed, **res})
+                runs.append({'model': spec, 'mode': 'finetune', 'seed': seed, 'independent': True, **res})
                 print(f'[finetune] {spec} seed {seed}: {task.metric} {res["score"]:.4f} '
                       f'(lr={res["lr"]:g}, epoch {res["epoch"]})', file=sys.stderr)
 
@@ -107,7 +115,7 @@ def evaluate(task_root: str | os.PathLike, models: Sequence[str], *, modes: Sequ
         'models': list(models), 'modes': list(modes), 'seeds': seeds, 'n_seeds': len(seeds),
         'settings': {'classifier': classifier, 'Cs': list(Cs), 'cv_folds': cv_folds, 'layer': layer, 'tta': tta,
                      'img_size': img_size, 'max_per_class': max_per_class},
-        'summary': summarize(runs, list(models), list(modes)), 'runs': runs, 'model_info': model_info,
+        'summary': summarize(runs, list(models), list(modes)), 'significance_rule': SIGNIFICANCE_RULE, 'runs': runs, 'model_info': model_info,
         'versions': package_versions(), 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
     }
     result['files'] = {k: str(v) for k, v in write_report(result, out).items()}

@@ -183,11 +183,16 @@ def finetune_lr(spec: str, task: Task, lr: float, cfg: FinetuneConfig, *, seed: 
     return out
 
 
+def _nan_low(v: float | None) -> float:
+    return float('-inf') if v is None or np.isnan(v) else float(v)
+
+
 def finetune(spec: str, task: Task, cfg: FinetuneConfig, *, seed: int = 0) -> dict[str, Any]:
     """Fine-tune over the LR grid; the LR whose best epoch has the best val score gives the test score."""
     runs = [finetune_lr(spec, task, lr, cfg, seed=seed) for lr in cfg.lrs]
     if task.has('val'):
-        best = max(range(len(runs)), key=lambda i: (runs[i]['val'], -i))
+        # NaN (val score undefined, e.g. AUC with one class in val) ranks lowest; ties -> first LR
+        best = max(range(len(runs)), key=lambda i: (_nan_low(runs[i]['val']), -i))
     else:
         best = 0
     chosen = runs[best]

@@ -69,21 +69,43 @@ def make_classifier(kind: str, C: float, seed: int = 0):
     raise ValueError(f'classifier must be one of {CLASSIFIERS}, not {kind!r}')
 
 
-def _outputs(clf, X: np.ndarray) -> np.ndarray:
-    return clf.decision_function(X)
+def _outputs(clf, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """Decision scores in the full label space ``0..n_classes-1``.
+
+    ``decision_function`` only has columns for ``clf.classes_`` (the labels seen in training), so
+    a CV training fold that lacks a class would shift every argmax to the wrong label; missing
+    classes get ``-inf``. Binary tasks return the 1-D score of label 1 (the ROC AUC input).
+    """
+    d = clf.decision_function(X)
+    classes = np.asarray(clf.classes_)
+    if n_classes == 2:
+        if d.ndim != 1 or list(classes) != [0, 1]:
+            raise ValueError(f'binary task needs both labels 0 and 1 in training, got classes {classes}')
+        return d  # sklearn: positive score = classes_[1] = label 1
+    out = np.full((len(X), n_classes), -np.inf)
+    if d.ndim == 1:  # a multi-class task whose training part holds only two of its classes
+        out[:, classes[0]], out[:, classes[1]] = -d, d
+    else:
+        out[:, classes] = d
+    return out
 
 
 def fit_linear(X_train: np.ndarray, y_train: Sequence[int], groups: Sequence[str], X_test: np.ndarray,
                y_test: Sequence[int], *, metric: str, classifier: str = 'svm', Cs: Sequence[float] = C_GRID,
-               n_splits: int = 5, seed: int = 0) -> dict[str, Any]:
+               n_splits: int = 5, seed: int = 0, n_classes: int | None = None) -> dict[str, Any]:
     """Tune C by grouped CV on (``X_train``, ``y_train``), refit, score on test.
 
-    ``X_train`` is train+val in the paper's protocol. Returns the test score, the chosen C, the
-    mean CV score of every C and the fold note.
+    ``X_train`` is train+val in the paper's protocol. Labels are class indices ``0..n_classes-1``
+    (``n_classes`` defaults to the largest label in train or test + 1). CV folds whose training
+    part holds a single class are skipped. Returns the test score, the chosen C, the mean CV score
+    of every C and the fold note.
     """
     from sklearn.exceptions import ConvergenceWarning
 
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    if n_classes is None:
+        n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+    n_classes = max(int(n_classes), 2)
     folds, note = grouped_folds(y_train, groups, n_splits=n_splits, seed=seed)
     cv_scores = []
     with warnings.catch_warnings():
@@ -94,10 +116,10 @@ def fit_linear(X_train: np.ndarray, y_train: Sequence[int], groups: Sequence[str
                 if len(np.unique(y_train[tr])) < 2:
                     continue
                 clf = make_classifier(classifier, C, seed).fit(X_train[tr], y_train[tr])
-                fold_scores.append(score(metric, y_train[va], _outputs(clf, X_train[va])))
+                fold_scores.append(score(metric, y_train[va], _outputs(clf, X_train[va], n_classes)))
             cv_scores.append(float(np.nanmean(fold_scores)) if fold_scores else float('nan'))
         best = int(np.nanargmax(cv_scores))  # ties -> the smallest C (first in the grid)
         clf = make_classifier(classifier, Cs[best], seed).fit(X_train, y_train)
-        test = score(metric, y_test, _outputs(clf, X_test))
+        test = score(metric, y_test, _outputs(clf, X_test, n_classes))
     return {'score': test, 'C': float(Cs[best]), 'cv_scores': dict(zip(map(float, Cs), cv_scores)),
             'folds': note, 'n_train': int(len(y_train)), 'n_test': int(len(y_test))}

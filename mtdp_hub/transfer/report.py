@@ -3,6 +3,13 @@
 Scores are shown in percent as mean +- std over seeds. In the Markdown table a model whose
 difference to the first (reference) model is significant by the paper's rule (more than 2x the
 larger std) is marked ``▲`` (better) or ``▼`` (worse).
+
+Each (model, mode) records where its std comes from (``std_source``): ``independent`` (separately
+initialised/trained models: ``random:`` backbones, fine-tuning) or ``cv_shuffles`` (one
+fixed-weight backbone in linear mode: features computed once, the seeds only reshuffle the CV
+folds). A ``cv_shuffles`` std is marked ``†`` in the table and counts as 0 for significance, the
+paper's convention for its deterministic ImageNet FE; two ``cv_shuffles`` sides are not tested
+(``significant_vs_first`` is ``None``, marked ``○``). See :data:`SIGNIFICANCE_RULE`.
 """
 from __future__ import annotations
 
@@ -14,22 +21,38 @@ from typing import Any
 from mtdp_hub.transfer.metrics import mean_std, significant
 
 _METRIC_NAMES = {'accuracy': 'accuracy', 'roc_auc': 'ROC AUC'}
+STD_SOURCES = {'independent': 'std over independently initialised/trained models',
+               'cv_shuffles': 'std over CV shuffles only, one fixed backbone'}
+SIGNIFICANCE_RULE = (
+    "significant when |difference| > 2 x the larger std (the paper's rule), counting only stds over "
+    'independently initialised/trained models; the std of a fixed backbone in linear mode (CV shuffles only, '
+    "one fixed backbone) is taken as 0, the paper's convention for deterministic ImageNet FE; two fixed "
+    'backbones are not tested against each other (significant_vs_first = null)')
 
 
 def summarize(runs: list[dict[str, Any]], models: list[str], modes: list[str]) -> dict[str, dict[str, Any]]:
-    """``{mode: {model: {mean, std, n, scores, significant_vs_first}}}`` from per-seed runs."""
+    """``{mode: {model: {mean, std, n, scores, std_source, significant_vs_first}}}`` from per-seed runs.
+
+    A run's ``independent`` (default True) says whether its seeds give independent models;
+    ``std_source`` is ``'independent'`` when all runs of a (model, mode) are, else ``'cv_shuffles'``.
+    ``significant_vs_first`` is True/False, or None when both sides are ``cv_shuffles``.
+    """
     out: dict[str, dict[str, Any]] = {}
     for mode in modes:
         per_model = {}
         for m in models:
-            scores = [r['score'] for r in runs if r['mode'] == mode and r['model'] == m]
-            if scores:
+            sel = [r for r in runs if r['mode'] == mode and r['model'] == m]
+            if sel:
+                scores = [r['score'] for r in sel]
                 mean, std = mean_std(scores)
-                per_model[m] = {'mean': mean, 'std': std, 'n': len(scores), 'scores': scores}
+                source = 'independent' if all(r.get('independent', True) for r in sel) else 'cv_shuffles'
+                per_model[m] = {'mean': mean, 'std': std, 'n': len(scores), 'scores': scores, 'std_source': source}
         ref = per_model.get(models[0])
         for m, s in per_model.items():
             if ref is not None and m != models[0]:
-                s['significant_vs_first'] = significant(s['scores'], ref['scores'])
+                s['significant_vs_first'] = significant(s['scores'], ref['scores'],
+                                                        a_independent=s['std_source'] == 'independent',
+                                                        b_independent=ref['std_source'] == 'independent')
                 s['diff_vs_first'] = s['mean'] - ref['mean']
         out[mode] = per_model
     return out
@@ -41,6 +64,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [f"# {result['task']}: {metric} (%), mean ± std over {result['n_seeds']} seed(s)", '',
              '| mode | ' + ' | '.join(f'`{m}`' for m in models) + ' |',
              '|---|' + '---|' * len(models)]
+    any_fixed = any_untested = False
     for mode, per_model in summary.items():
         cells = []
         for m in models:
@@ -48,12 +72,25 @@ def markdown_table(result: dict[str, Any]) -> str:
             if s is None:
                 cells.append('–')
                 continue
+            fixed = s.get('std_source') == 'cv_shuffles'
+            any_fixed |= fixed
             mark = ''
             if s.get('significant_vs_first'):
                 mark = ' ▲' if s['diff_vs_first'] > 0 else ' ▼'
-            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}{mark}")
+            elif 'significant_vs_first' in s and s['significant_vs_first'] is None:
+                mark, any_untested = ' ○', True
+            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}{'†' if fixed else ''}{mark}")
         lines.append(f'| {mode} | ' + ' | '.join(cells) + ' |')
-    lines += ['', f'▲/▼: significantly better/worse than `{models[0]}` (|difference| > 2 × the larger std).',
+    lines += ['', f'- ▲/▼: significantly better/worse than `{models[0]}` (|difference| > 2 × the larger std '
+              'over independently initialised/trained models).']
+    if any_fixed:
+        lines.append('- †: std over CV shuffles only, one fixed backbone (features computed once; the seeds only '
+                     "reshuffle the CV folds). For significance it counts as 0, the paper's convention for its "
+                     "deterministic ImageNet FE, so the other side's std sets the threshold.")
+    if any_untested:
+        lines.append(f'- ○: not tested against `{models[0]}`: both are one fixed backbone each, so neither std '
+                     'measures model variance and no significance is claimed.')
+    lines += ['',
               f"Train {result['sizes'].get('train', 0)}, val {result['sizes'].get('val', 0)}, "
               f"test {result['sizes'].get('test', 0)} images; {result['n_classes']} classes."]
     return '\n'.join(lines) + '\n'

@@ -229,3 +229,105 @@ def test_linear_on_real_crc_patches(tmp_path):
     assert res['metric'] == 'roc_auc' and 0.0 <= run['score'] <= 1.0
     assert 'UNGROUPED' in run['folds']  # these file names carry no patient prefix ('image_AC_...')
     assert res['sizes'] == {'train': 12, 'test': 12}
+
+
+# ---------------------------------------------------------------------------------- review fixes
+@pytest.mark.parametrize('n_classes', [3, 4])
+def test_fit_linear_cv_scores_when_a_training_fold_misses_a_class(n_classes):
+    """Group g0 holds all of class 0 (plus some class 1): the fold validating g0 trains without class 0."""
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(0)
+    y = np.concatenate([np.zeros(10, int), np.ones(6, int), np.repeat(np.arange(1, n_classes), 20)])
+    groups = ['g0'] * 16 + [f'g{1 + i % 4}' for i in range(len(y) - 16)]
+    X = rng.normal(size=(len(y), 6)) + 4 * np.eye(n_classes, 6)[y]
+    Cs = (1e-2, 1.0)
+    res = fit_linear(X, y, groups, X, y, metric='accuracy', Cs=Cs, seed=0)
+    folds, _ = grouped_folds(y, groups, seed=0)
+    assert any(0 not in set(y[tr]) for tr, _ in folds)
+    for C in Cs:
+        expected = np.mean([accuracy(y[va], LinearSVC(C=C, max_iter=10000, random_state=0)
+                                     .fit(X[tr], y[tr]).predict(X[va])) for tr, va in folds])
+        assert res['cv_scores'][C] == pytest.approx(expected)
+
+
+def test_fit_linear_binary_sign_refers_to_label_1_and_skips_one_class_folds():
+    rng = np.random.default_rng(1)
+    y = np.array([0] * 8 + [1] * 8 + [0, 1] * 12)
+    groups = ['only0'] * 8 + ['only1'] * 8 + [f'g{i % 3}' for i in range(24)]
+    X = rng.normal(size=(len(y), 3)) + 3 * y[:, None]
+    res = fit_linear(X, y, groups, X, y, metric='roc_auc', Cs=(1.0,), seed=0)
+    assert res['score'] > 0.95 and res['cv_scores'][1.0] > 0.9
+
+
+def test_finetune_lr_selection_ignores_nan_val(monkeypatch):
+    import types
+
+    from mtdp_hub.transfer import finetune as ft_mod
+
+    task, cfg = types.SimpleNamespace(has=lambda split: True), FinetuneConfig(lrs=(1e-3, 1e-4, 1e-5))
+
+    def run_with(vals):
+        it = iter(vals)
+        monkeypatch.setattr(ft_mod, 'finetune_lr', lambda spec, task, lr, cfg, seed=0: {
+            'lr': lr, 'val': next(it), 'score': lr, 'best_epoch': 1, 'selection': 'best val epoch'})
+        return ft_mod.finetune('x', task, cfg)
+
+    for vals in ([float('nan'), 0.7, 0.6], [0.6, float('nan'), 0.7], [0.6, 0.7, float('nan')]):
+        res = run_with(vals)
+        assert res['val'] == 0.7 and res['lr'] == cfg.lrs[vals.index(0.7)]
+    res = run_with([float('nan')] * 3)  # never defined: the first LR, whatever the order
+    assert res['lr'] == 1e-3
+
+
+def test_roc_auc_uses_sklearn_and_keeps_nan_for_one_class():
+    import inspect
+
+    from mtdp_hub.transfer import metrics
+
+    assert not hasattr(metrics, '_average_ranks') and 'roc_auc_score' in inspect.getsource(metrics.roc_auc)
+    assert np.isnan(roc_auc([0, 0, 0], [0.1, 0.2, 0.3])) and np.isnan(roc_auc([], []))
+    assert roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.5, 0.5]) == pytest.approx(0.875)
+
+
+def _runs(spec: dict[str, tuple[list[float], bool]], mode='linear'):
+    return [{'model': m, 'mode': mode, 'seed': s, 'score': v, 'independent': ind}
+            for m, (vals, ind) in spec.items() for s, v in enumerate(vals)]
+
+
+def test_significance_for_deterministic_backbones():
+    # two fixed backbones in linear mode: stds are CV-shuffle noise, no significance test at all
+    summary = summarize(_runs({'a': ([0.80, 0.801], False), 'b': ([0.85, 0.851], False)}), ['a', 'b'], ['linear'])
+    b = summary['linear']['b']
+    assert b['significant_vs_first'] is None and b['std_source'] == 'cv_shuffles'
+    assert summary['linear']['a']['std_source'] == 'cv_shuffles'
+    # fixed vs independent: the fixed side's std counts as 0, the threshold is 2x the other std
+    summary = summarize(_runs({'fixed': ([0.80, 0.80], False), 'mtl': ([0.83, 0.85], True)}),
+                        ['fixed', 'mtl'], ['linear'])
+    assert summary['linear']['mtl']['significant_vs_first'] is True  # 0.04 > 2 * 0.01
+    summary = summarize(_runs({'fixed': ([0.70, 0.90], False), 'mtl': ([0.83, 0.85], True)}),
+                        ['fixed', 'mtl'], ['linear'])
+    assert summary['linear']['mtl']['significant_vs_first'] is True  # CV std 0.1 of the fixed side ignored
+    summary = summarize(_runs({'fixed': ([0.80, 0.80], False), 'mtl': ([0.78, 0.86], True)}),
+                        ['fixed', 'mtl'], ['linear'])
+    assert summary['linear']['mtl']['significant_vs_first'] is False  # 0.02 < 2 * 0.04
+    assert significant([0.80, 0.80], [0.90, 0.90])  # both independent: the paper's rule unchanged
+    assert significant([0.80, 0.80], [0.90, 0.90], a_independent=False, b_independent=False) is None
+    md = markdown_table({'task': 't', 'metric': 'accuracy', 'n_seeds': 2, 'models': ['a', 'b'],
+                         'summary': summarize(_runs({'a': ([0.80, 0.801], False), 'b': ([0.85, 0.851], False)}),
+                                              ['a', 'b'], ['linear']),
+                         'sizes': {'train': 1, 'test': 1}, 'n_classes': 3})
+    row = next(line for line in md.splitlines() if line.startswith('| linear'))
+    assert '▲' not in row and '†' in row and '○' in row
+    assert 'CV shuffles only, one fixed backbone' in md and 'not tested' in md
+
+
+def test_evaluate_records_std_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate_mod, 'is_random', lambda spec: False)  # TINY acts as a fixed backbone
+    task = make_task(tmp_path / 'bin', per_split=(6, 2, 2))
+    res = _run_evaluate(tmp_path, task, [TINY], seeds=2)
+    assert all(r['independent'] is False for r in res['runs'])
+    data = json.loads((tmp_path / 'rep' / 'results.json').read_text())
+    assert data['summary']['linear'][TINY]['std_source'] == 'cv_shuffles'
+    assert 'significance_rule' in data
+    assert 'CV shuffles only, one fixed backbone' in (tmp_path / 'rep' / 'results.md').read_text()
