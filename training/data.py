@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
 
 from .pool import TaskPool
@@ -25,8 +26,7 @@ from .pool import TaskPool
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'train_transform', 'eval_transform', 'MultiTaskDataset', 'SplitDataset',
            'EncodedMultiTaskDataset', 'DeviceAugment', 'collate_encoded', 'ScanReport', 'scan_pool', 'apply_bad_image_policy', 'BadImagesError']
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD   # timm's; the paper's normalisation
 # (x / 255 - mean) / std as (x - 255 mean) * 1 / (255 std): one float conversion and two in-place
 # passes over a contiguous CHW tensor. The slower form (a float copy of the permuted view, then three
 # new tensors) took more time than the JPEG decode (BENCHMARKS.md, data pipeline).
