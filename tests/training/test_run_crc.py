@@ -9,6 +9,8 @@ import pytest
 import training.loop as loop
 from training.config import from_dict
 
+from .conftest import tiny_config_dict
+
 pytestmark = pytest.mark.slow
 
 
@@ -22,16 +24,16 @@ def test_crc_pool_loss_falls_and_every_task_beats_chance(shared_data, tmp_path):
   - {{name: crc_adenoma, root: {root}, classes: [S, T, V]}}
   - {{name: crc_5class, root: {root}}}
 """)
-    cfg = from_dict({
-        'pool': str(pool),
-        'data': {'size': 48, 'batch_size': 32, 'eval_batch_size': 100, 'num_workers': 1},
-        'model': {'arch': 'resnet18', 'init': 'random'},
-        'optim': {'lr': 0.02, 'head_lr_mult': 1.0},
-        'schedule': {'iterations': 150, 'warmup_iterations': 10, 'warmup_lr': 0.02, 'bn_recalibration_batches': 4,
-                     'val_every': 0, 'checkpoint_every': 150, 'keep_checkpoints': 1, 'log_every': 10},
-        'run': {'output_dir': str(tmp_path / 'runs'), 'name': 'crc', 'device': 'cpu', 'amp': 'none',
-                'channels_last': False, 'progress': False, 'tensorboard': False, 'export': False, 'threads': 1},
-    }).validate()
+    d = tiny_config_dict(
+        pool, tmp_path / 'runs',
+        data={'size': 48, 'batch_size': 32, 'eval_batch_size': 100, 'num_workers': 1},
+        model={'arch': 'resnet18'},
+        optim={'lr': 0.02, 'head_lr_mult': 1.0},
+        schedule={'iterations': 150, 'warmup_iterations': 10, 'warmup_lr': 0.02, 'bn_recalibration_batches': 4,
+                  'checkpoint_every': 150, 'keep_checkpoints': 1, 'log_every': 10},
+    )
+    d['run']['name'] = 'crc'
+    cfg = from_dict(d).validate()
     summary = loop.main(cfg)
     with open(loop.run_dir_of(cfg) / 'metrics.csv') as f:
         losses = [float(r['value']) for r in csv.DictReader(f) if r['name'] == 'train/loss']
