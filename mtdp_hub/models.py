@@ -102,8 +102,9 @@ def _create_mtdp(model_cls: type[nn.Module], variant: str, pretrained: bool = Fa
     """Build ``variant``; for registry weights, fetch and verify the file first and hand it to timm.
 
     Loading itself stays in timm: a verified local file goes in as ``pretrained_cfg_overlay=
-    dict(file=...)``. ``hf-hub:`` and ``local-dir:`` models, and a ``file=`` the caller gives,
-    are timm's own sources and are left as they are.
+    dict(file=...)``, and a ``file=`` the caller gives is used as it is (both are opened with
+    ``weights_only=True`` first when they are pickles). ``hf-hub:`` and ``local-dir:`` models (our
+    exports: safetensors) are timm's own sources and are left to it.
     """
     kwargs.setdefault('num_classes', 0)
     if pretrained:
