@@ -260,7 +260,7 @@ def scan_pool(pool: TaskPool, splits: Sequence[str] = ('train', 'val', 'test'), 
     batches = loader
     if progress:
         from tqdm import tqdm
-        batches = tqdm(loader, desc='scanning images', unit='batch', leave=False)
+        batches = tqdm(loader, desc='scanning images', unit='batch', leave=False, disable=None)
     for batch in batches:
         for t, s, i, reason in batch:
             if reason:

@@ -28,7 +28,8 @@ class Monitor:
         self._log = open(self.run_dir / 'log.txt', 'a')
         if progress:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start, unit='it', dynamic_ncols=True, file=sys.stderr)
+            # disable=None: a bar on a terminal, none in a piped or captured log (the log lines stay)
+            self.bar = tqdm(total=total, initial=start, unit='it', dynamic_ncols=True, file=sys.stderr, disable=None)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -75,7 +76,10 @@ class Monitor:
         self._csv_file.flush()
 
     def progress(self, iteration: int, loss: float, images_per_s: float) -> None:
-        if self.bar is not None:
+        if self.bar is None or self.bar.disable:   # no bar (not a terminal): a plain line instead
+            if self.enabled:
+                self.log(f'iteration {iteration}: loss {loss:.4f}, {images_per_s:.1f} img/s')
+        else:
             self.bar.n = iteration
             self.bar.set_postfix(loss=f'{loss:.4f}', img_s=f'{images_per_s:.1f}', refresh=False)
             self.bar.refresh()
