@@ -12,7 +12,6 @@ torchrun's elastic restarts (``--max-restarts``) pick up where a dead rank left 
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import os
@@ -178,7 +177,6 @@ def export_run(model: MultiTaskNet, tasks: list[dict], out_dir: Path, cfg: dict,
     """Export the backbone (+ heads) through :func:`mtdp_hub.export.export_folder`."""
     from mtdp_hub.export import export_folder
 
-    cpu = copy.deepcopy(model).cpu().float().to(memory_format=torch.contiguous_format)
     lines = ['## Training run', '', f'Trained with mtdp-hub `training/` for {iteration} iterations '
              '(multi-task recipe of Mormont et al. 2021).', '', '### Task pool', '', pool_markdown, '']
     if metrics:
@@ -187,7 +185,8 @@ def export_run(model: MultiTaskNet, tasks: list[dict], out_dir: Path, cfg: dict,
     settings = {k: cfg[k] for k in ('model', 'optim', 'schedule')} | {'data': {'size': cfg['data']['size'],
                                                                               'batch_size': cfg['data']['batch_size']}}
     lines += ['### Settings', '', '```json', json.dumps(settings, indent=2), '```']
-    return export_folder(cpu.backbone, out_dir, heads=dict(cpu.heads.items()),
+    # export_folder writes a contiguous CPU copy; the heads file takes CPU copies of the tensors.
+    return export_folder(model.backbone, out_dir, heads=dict(model.heads.items()),
                          class_names={t['name']: t['classes'] for t in tasks}, card_extra='\n'.join(lines),
                          overwrite=True)
 
