@@ -7,13 +7,11 @@ with N workers scales this by about N while cores last):
   - ``torchvision``: the baseline, ``torchvision.datasets.ImageFolder`` + Pillow + the equivalent
     transforms (maximal square crop, Resize, RandomHorizontalFlip, RandomVerticalFlip, ToTensor,
     Normalize).
-  - ``project_uint8``: the project's PIL decode/crop/resize/flips, ending at a uint8 tensor; the
-    float conversion and normalisation are left to the batch (on the GPU in ``benchmarks/gpu.py``).
+  - ``project_uint8``: the project's decode/crop/resize/flips ending at a uint8 tensor
+    (``training.data.train_transform_uint8``); the float conversion and normalisation are left to
+    the batch (on the GPU in ``benchmarks/gpu.py``).
   - ``decode_jpeg_uint8``: ``torchvision.io.decode_jpeg`` on the file bytes -> crop/resize/flips on
-    the uint8 tensor (normalisation left to the batch).
-  - ``project_fastnorm``: ``project_uint8`` + the float normalisation done the cheaper way proposed
-    for ``training.data`` (uint8 HWC -> CHW copy first, then one float conversion and two in-place
-    ops with the constants folded: ``(x - 255 mean) * 1/(255 std)``); same values to ~5e-7.
+    the uint8 tensor (normalisation left to the batch), an alternative decoder.
   - ``pil_draft_uint8`` (only when ``size`` is smaller than the images): as ``project_uint8`` with
     ``Image.draft`` so the JPEG decoder downscales by 1/2, 1/4 or 1/8 while decoding.
 Target: >= 1,000 img/s per core for the project's path.
@@ -34,15 +32,14 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as F2
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-from machine import emit  # noqa: E402
-from timing import interleaved_rates  # noqa: E402
+from mtdp_hub.images import open_rgb, to_rgb
+from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset, train_transform_uint8
+from training.pool import load_pool
 
-from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset  # noqa: E402
-from training.pool import load_pool  # noqa: E402
+from .machine import emit
+from .timing import interleaved_rates
 
-DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'crc-he-5class'
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'crc-he-5class'
 
 
 class RandomMaxSquareCrop:
@@ -61,34 +58,12 @@ def torchvision_baseline(root: Path, size: int) -> torchvision.datasets.ImageFol
     return torchvision.datasets.ImageFolder(str(root / 'train'), transform=tf)
 
 
-def pil_uint8(path: str, size: int, g: torch.Generator, draft: bool = False) -> torch.Tensor:
-    """Random maximal square crop -> resize -> flips, as ``training.data.train_transform``, to uint8 CHW."""
+def drafted_uint8(path: str, size: int, g: torch.Generator) -> torch.Tensor:
+    """``project_uint8`` with the JPEG decoded at a reduced scale (``Image.draft``) first."""
     with Image.open(path) as im:
-        if draft and min(im.size) > size:
-            im.draft('RGB', (size, size))
-        im = im.convert('RGB')
-    w, h = im.size
-    side = min(w, h)
-    x0 = int(torch.randint(0, w - side + 1, (1,), generator=g))
-    y0 = int(torch.randint(0, h - side + 1, (1,), generator=g))
-    im = im.crop((x0, y0, x0 + side, y0 + side))
-    if side != size:
-        im = im.resize((size, size), Image.BILINEAR)
-    flips = torch.rand(2, generator=g)
-    if flips[0] < 0.5:
-        im = im.transpose(Image.FLIP_LEFT_RIGHT)
-    if flips[1] < 0.5:
-        im = im.transpose(Image.FLIP_TOP_BOTTOM)
-    return torch.from_numpy(np.array(im)).permute(2, 0, 1)
-
-
-_MEAN255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
-_INV_STD255 = 1 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
-
-
-def fast_normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 CHW -> normalised float32 CHW in one conversion and two in-place passes."""
-    return x.contiguous().float().sub_(_MEAN255).mul_(_INV_STD255)
+        im.draft('RGB', (size, size))
+        im = to_rgb(im)
+    return train_transform_uint8(im, size, g)
 
 
 def tensor_uint8(path: str, size: int, g: torch.Generator) -> torch.Tensor:
@@ -133,12 +108,11 @@ def measure_size(pool, root: Path, paths: list[str], size: int, n: int, rounds: 
     variants = {
         'project': run(lambda j: project[(j, j)]),
         'torchvision': run(lambda j: baseline[j]),
-        'project_uint8': run(lambda j: pil_uint8(paths[j], size, g)),
-        'project_fastnorm': run(lambda j: fast_normalise(pil_uint8(paths[j], size, g))),
+        'project_uint8': run(lambda j: train_transform_uint8(open_rgb(paths[j]), size, g)),
         'decode_jpeg_uint8': run(lambda j: tensor_uint8(paths[j], size, g)),
     }
     if size < min(native):
-        variants['pil_draft_uint8'] = run(lambda j: pil_uint8(paths[j], size, g, draft=True))
+        variants['pil_draft_uint8'] = run(lambda j: drafted_uint8(paths[j], size, g))
     rates = interleaved_rates(variants, rounds=rounds, warmup=1)
     res = {name: round(r['median'], 1) for name, r in rates.items()}
     res['project_vs_torchvision'] = round(res['project'] / res['torchvision'], 3)

@@ -1,8 +1,8 @@
 """Extraction pipeline: ``mtdp extract`` img/s vs the bare model forward on preloaded tensors.
 
-Both use one :class:`mtdp_hub.extract.FeatureExtractor` (same model, device, precision, memory
+Both use one :class:`mtdp_hub.features.FeatureExtractor` (same model, device, precision, memory
 format), alternating in one process:
-  - ``extract``: :func:`mtdp_hub.extract.extract_source` (the function behind ``mtdp extract``)
+  - ``extract``: :func:`mtdp_hub.features.extract_source` (the function behind ``mtdp extract``)
     on JPEG files: DataLoader workers decode and preprocess, the model runs, the features are
     written to a safetensors file (``overwrite=True`` each round);
   - ``forward``: the same model on the same images, decoded and preprocessed beforehand, in batches
@@ -21,15 +21,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-from machine import emit  # noqa: E402
-from timing import interleaved_rates, ratios  # noqa: E402
+from mtdp_hub.features import FeatureExtractor, extract_source, make_source
+from mtdp_hub.features.runtime import autocast
+from mtdp_hub.images import find_images
 
-from mtdp_hub.extract import FeatureExtractor, extract_source, make_source  # noqa: E402
-from mtdp_hub.images import find_images  # noqa: E402
+from .machine import emit
+from .timing import interleaved_rates, ratios
 
-DEFAULT_DATA = ROOT.parent / 'shared' / 'data' / 'crc-he-5class' / 'val'
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'crc-he-5class' / 'val'
 
 
 def main(argv=None) -> int:
@@ -73,8 +72,7 @@ def main(argv=None) -> int:
 
         @torch.inference_mode()
         def forward() -> int:
-            with torch.autocast(device.type, dtype=extractor.amp_dtype or torch.float32,
-                                enabled=extractor.amp_dtype is not None):
+            with autocast(device, extractor.amp_dtype):
                 for x in preloaded:
                     extractor.model(x)
             return len(paths)

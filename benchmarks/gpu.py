@@ -3,13 +3,14 @@
 Needs only torch, timm and torchvision (and what they pull in: numpy, Pillow, PyYAML); it imports
 ``training`` and ``mtdp_hub`` from the checkout, so run it from the repository root::
 
-    bash benchmarks/gpu.sh                       # = PYTHONPATH=. python benchmarks/gpu.py
-    python benchmarks/gpu.py --device cpu --smoke   # everything tiny on the CPU (what the test runs)
+    bash benchmarks/gpu.sh                              # = python -m benchmarks.gpu
+    python -m benchmarks.gpu --device cpu --smoke       # everything tiny on the CPU (what the test runs)
 
 It makes its own JPEGs (224 px, noise-textured, 22 task folders with the paper's class counts)
 in a temporary folder, then measures, with bf16 autocast, channels_last, ``torch.compile`` and
-fused SGD (momentum 0.9) where available, the training step of the real components
-(``MultiTaskNet`` with 22 routed heads, ``multitask_loss``, ``rescale_head_grads``):
+fused SGD (momentum 0.9) where available, the training driver's own step
+(:class:`training.step.TrainStep`: ``MultiTaskNet`` with 22 routed heads, ``multitask_loss``,
+head-gradient rescale, :func:`training.recipe.sgd`):
   - ``synthetic``: a fixed batch already on the GPU (the compute ceiling);
   - end to end from JPEG, task-uniform draws (``TaskUniformSampler``), DataLoader workers:
       ``project``        the training data path as it is (PIL decode + augmentation + float
@@ -21,7 +22,7 @@ fused SGD (momentum 0.9) where available, the training step of the real componen
                          the batch with ``decode_jpeg(device='cuda')`` and crops, resizes, flips and
                          normalises there;
   - the multi-task overhead in eager mode at the paper's batch of 64 (multi-task step / the same
-    backbone with one head), with the foreach head-gradient rescale (proposed) beside it;
+    backbone with one head);
   - extraction: ``mtdp extract``'s pipeline (``extract_source``) vs the bare forward on
     preloaded tensors;
   - peak GPU memory per model, and the card's name.
@@ -43,35 +44,36 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-from data_pipeline import pil_uint8  # noqa: E402
-from machine import machine_info  # noqa: E402
-from multitask_overhead import (  # noqa: E402
-    PAPER_CLASSES,
-    fused_available,
-    make_sgd,
-    multitask_setup,
-    single_head_setup,
-    synthetic_batch,
-    task_sizes,
-)
-from timing import interleaved_rates, ratios  # noqa: E402
-
-from training.data import (  # noqa: E402
+from mtdp_hub.features import FeatureExtractor, extract_source, make_source
+from mtdp_hub.features.runtime import autocast
+from mtdp_hub.images import find_images
+from training.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     DeviceAugment,
     EncodedMultiTaskDataset,
     MultiTaskDataset,
     collate_encoded,
+    train_transform_uint8,
 )
-from training.model import MultiTaskNet  # noqa: E402
-from training.pool import load_pool  # noqa: E402
-from training.recipe import multitask_loss, param_groups, rescale_head_grads, task_counts  # noqa: E402
-from training.sampler import TaskUniformSampler  # noqa: E402
+from training.model import MultiTaskNet
+from training.pool import load_pool
+from training.recipe import sgd
+from training.sampler import TaskUniformSampler
+from training.step import TrainStep
+
+from .machine import machine_info
+from .multitask_overhead import (
+    PAPER_CLASSES,
+    fused_available,
+    multitask_setup,
+    single_head_setup,
+    synthetic_batch,
+    task_sizes,
+)
+from .timing import interleaved_rates, ratios
 
 TARGET_E2E_RESNET50 = 4000.0   # img/s on one H100: 50k x 64 images in ~13 minutes
 
@@ -109,21 +111,11 @@ def make_jpegs(folder: Path, n_images: int, size: tuple[int, int], n_tasks: int 
 
 # ---------------------------------------------------------------------------------------------
 # datasets for the end-to-end modes (items keyed by TaskUniformSampler's (index, seed) pairs)
-class Uint8Dataset(Dataset):
-    """The project's PIL path ending at a uint8 CHW tensor (normalisation left to the GPU)."""
+class Uint8Dataset(MultiTaskDataset):
+    """The project's data path ending at a uint8 CHW tensor (normalisation left to the GPU)."""
 
-    def __init__(self, base: MultiTaskDataset):
-        self.base = base
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, key):
-        flat, seed = key
-        t, split, i = self.base.index[flat]
-        task = self.base.pool.tasks[t]
-        g = torch.Generator().manual_seed(int(seed))
-        return pil_uint8(str(task.splits[split].items[i]), self.base.size, g), task.splits[split].labels[i], t
+    def _load(self, task, split: str, j: int, generator: torch.Generator) -> torch.Tensor:
+        return train_transform_uint8(task.load(split, j), self.size, generator)
 
 
 class Normalise:
@@ -142,28 +134,25 @@ class Normalise:
 
 # ---------------------------------------------------------------------------------------------
 class Trainer:
-    """The training loop's step (training/loop.py) with bf16 autocast, channels_last, compile, fused SGD."""
+    """The training driver's step (:class:`training.step.TrainStep`) with bf16 autocast, channels_last,
+    compile and fused SGD."""
 
     def __init__(self, arch: str, n_tasks: int, device: torch.device, amp_dtype, channels_last: bool,
                  compile_model: bool, fused: bool, lr: float = 1e-3):
-        tasks = task_sizes(n_tasks)
-        self.T, self.device, self.amp_dtype = n_tasks, device, amp_dtype
+        self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = MultiTaskNet(timm.create_model(arch, pretrained=False, num_classes=0), tasks)
+        self.model = MultiTaskNet(timm.create_model(arch, pretrained=False, num_classes=0), task_sizes(n_tasks))
         self.model.to(device, memory_format=self.memory_format).train()
-        self.opt = make_sgd(param_groups(self.model, lr, 1.0), lr, fused)
-        self.fwd = torch.compile(self.model, dynamic=False) if compile_model else self.model
+        self.step = TrainStep(self.model, sgd(self.model, lr, fused=fused), device=device, amp_dtype=amp_dtype)
+        if compile_model:
+            self.step.forward = torch.compile(self.model, dynamic=False)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            logits = self.fwd(x, t)
-        loss = multitask_loss(logits, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        rescale_head_grads(self.model, task_counts(t, self.T), x.shape[0])
-        self.opt.step()
-        return loss.detach()
+    @property
+    def compiled(self) -> bool:
+        return self.step.forward is not self.model
+
+    def eager(self) -> None:
+        self.step.forward = self.model
 
 
 def sync(device: torch.device) -> None:
@@ -198,7 +187,7 @@ class Budget:
 
 def e2e_loader(mode: str, base: MultiTaskDataset, batch: int, workers: int, seed: int, device: torch.device):
     encoded = EncodedMultiTaskDataset(base.pool, ['train'], base.size)   # training's data.decode: gpu
-    ds = {'project': base, 'uint8': Uint8Dataset(base), 'gpu_decode': encoded}[mode]
+    ds = {'project': base, 'uint8': Uint8Dataset(base.pool, ['train'], base.size), 'gpu_decode': encoded}[mode]
     sampler = TaskUniformSampler(base.task_sizes, seed, num_draws=None)
     kw = dict(batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
               pin_memory=device.type == 'cuda')
@@ -243,9 +232,6 @@ def extraction_section(args, device: torch.device, jpeg_root: Path, seconds: flo
     """``extract_source`` (as ``mtdp extract``) vs the bare forward; the file list is repeated to
     ``--extract-images`` so that worker start-up weighs little, and the forward cycles over
     ``--extract-preload`` preloaded images."""
-    from mtdp_hub.extract import FeatureExtractor, extract_source, make_source
-    from mtdp_hub.images import find_images
-
     unique = [str(p) for p in find_images(jpeg_root)]
     paths = (unique * (args.extract_images // len(unique) + 1))[:args.extract_images]
     source = make_source(paths, labels=True)
@@ -276,8 +262,7 @@ def extraction_section(args, device: torch.device, jpeg_root: Path, seconds: flo
         @torch.inference_mode()
         def forward() -> int:
             done = 0
-            with torch.autocast(device.type, dtype=extractor.amp_dtype or torch.float32,
-                                enabled=extractor.amp_dtype is not None):
+            with autocast(device, extractor.amp_dtype):
                 while done < len(paths):
                     for x in preloaded:
                         extractor.model(x)
@@ -319,11 +304,11 @@ def train_section(arch: str, args, device: torch.device, base: MultiTaskDataset,
         for _ in range(args.warmup_steps):   # includes the compilation
             trainer.step(x, y, t)
     except Exception as e:  # a compiler failure must not cost the figures: fall back to eager
-        if trainer.fwd is trainer.model:
+        if not trainer.compiled:
             raise
         res['compile_error'] = f'{type(e).__name__}: {str(e)[:500]}'
         log(f'{arch}: torch.compile failed ({res["compile_error"]}); eager from here')
-        trainer.fwd = trainer.model
+        trainer.eager()
         for _ in range(args.warmup_steps):
             trainer.step(x, y, t)
     sync(device)
@@ -353,32 +338,28 @@ def train_section(arch: str, args, device: torch.device, base: MultiTaskDataset,
 
 def overhead_section(arch: str, args, device: torch.device, amp_dtype, channels_last: bool, fused: bool,
                      seconds: float) -> dict:
-    """Eager multi-task step vs the same backbone with one head (the worst case: no compile)."""
+    """Eager multi-task step (the training driver's) vs the same backbone with one head (the worst case: no compile)."""
     tasks = task_sizes(args.tasks)
     batch = synthetic_batch(args.overhead_batch_size, args.img_size, list(tasks.values()), device, channels_last)
     backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     common = dict(amp_dtype=amp_dtype, compile_model=False, fused=fused)
     multi = multitask_setup(copy.deepcopy(backbone), tasks, batch, **common)
-    vectorised = multitask_setup(copy.deepcopy(backbone), tasks, batch, vectorised=True, **common)
     single = single_head_setup(backbone, max(tasks.values()), batch, **common)
 
     def rounds_of(setup):
         return lambda: sum(setup() for _ in range(args.overhead_steps))
 
-    rates = interleaved_rates({'multitask': rounds_of(multi), 'single_head': rounds_of(single),
-                               'multitask_vectorised': rounds_of(vectorised)},
+    rates = interleaved_rates({'multitask': rounds_of(multi), 'single_head': rounds_of(single)},
                               rounds=args.overhead_rounds, warmup=1, device=device,
                               deadline=time.perf_counter() + seconds)
     r = ratios(rates, 'multitask', 'single_head')
     return {'batch_size': batch[0].shape[0], 'multitask_img_per_s': round(rates['multitask']['median'], 2),
             'single_head_img_per_s': round(rates['single_head']['median'], 2), **r,
             'target_ratio': 0.97, 'target_met': r['ratio'] >= 0.97, 'compile': False,
-            'multitask_vectorised_img_per_s': round(rates['multitask_vectorised']['median'], 2),
-            'vectorised': ratios(rates, 'multitask_vectorised', 'single_head'),
             'rounds': rates['multitask']['rounds']}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda', help="'cuda' (default) or 'cpu' (with --smoke)")
     parser.add_argument('--smoke', action='store_true',
@@ -416,8 +397,11 @@ def main(argv=None) -> int:
                         help='torch CPU threads in the main process (--smoke: 1, see BENCHMARKS.md)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--json', default=None, help='also write the summary here (default: $OUT/gpu.json if $OUT)')
-    args = parser.parse_args(argv)
+    return parser
 
+
+def apply_smoke(args: argparse.Namespace) -> None:
+    """``--smoke``: every section at toy size, so that a CPU checks the code paths in seconds."""
     if args.smoke:
         args.batch_size, args.overhead_batch_size, args.img_size, args.n_jpegs = 4, 4, 32, 44
         args.jpeg_size = args.jpeg_size or [48, 40]      # not square, larger: crop and resize have work
@@ -430,6 +414,43 @@ def main(argv=None) -> int:
         args.threads = args.threads or 1
         args.budget_s = 3600.0   # a smoke run checks that every section runs: skip none, however slow the CPU
     args.compile = True if args.compile is None else args.compile
+
+
+def run_sections(args, device: torch.device, base: MultiTaskDataset, jpeg_root: Path, budget: Budget,
+                 summary: dict, amp_dtype, channels_last: bool, fused: bool) -> None:
+    """Overhead, training and extraction sections in turn, each skipped when it would not fit the budget."""
+    first, rest = args.archs[0], args.archs[1:]
+    sections = [('overhead', first), ('train', first), ('extraction', None)] + [('train', a) for a in rest]
+    for kind, arch in sections:
+        # rough costs on one H100 (compilation included); DenseNet compiles slower than ResNet
+        need = {'overhead': 20, 'train': 90 if arch == first else 150, 'extraction': 30}[kind]
+        need = 1 if args.smoke else need
+        key = f'{kind}_{arch}' if arch else kind
+        if not budget.fits(need):
+            result = {'skipped': f'time budget ({budget.left():.0f} s left, about {need} s needed)'}
+        else:
+            try:
+                if kind == 'overhead':
+                    result = overhead_section(arch, args, device, amp_dtype, channels_last, fused,
+                                              min(30.0, budget.left()))
+                elif kind == 'train':
+                    result = train_section(arch, args, device, base, budget, amp_dtype, channels_last, fused,
+                                           args.modes)
+                else:
+                    result = extraction_section(args, device, jpeg_root, min(40.0, budget.left()))
+            except Exception as e:  # report and go on: the other sections are still worth having
+                result = {'error': f'{type(e).__name__}: {e}'}
+        if kind == 'train':
+            summary['train'][arch] = result
+        else:
+            summary[f'multitask_overhead_{arch}' if kind == 'overhead' else 'extraction'] = result
+        emit_line(key, result)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    apply_smoke(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -467,32 +488,7 @@ def main(argv=None) -> int:
                                               / len(base) / 1024, 1)}
         emit_line('jpegs', summary['jpegs'])
 
-        first, rest = args.archs[0], args.archs[1:]
-        sections = [('overhead', first), ('train', first), ('extraction', None)] + [('train', a) for a in rest]
-        for kind, arch in sections:
-            # rough costs on one H100 (compilation included); DenseNet compiles slower than ResNet
-            need = {'overhead': 20, 'train': 90 if arch == first else 150, 'extraction': 30}[kind]
-            need = 1 if args.smoke else need
-            key = f'{kind}_{arch}' if arch else kind
-            if not budget.fits(need):
-                result = {'skipped': f'time budget ({budget.left():.0f} s left, about {need} s needed)'}
-            else:
-                try:
-                    if kind == 'overhead':
-                        result = overhead_section(arch, args, device, amp_dtype, channels_last, fused,
-                                                  min(30.0, budget.left()))
-                    elif kind == 'train':
-                        result = train_section(arch, args, device, base, budget, amp_dtype, channels_last, fused,
-                                               args.modes)
-                    else:
-                        result = extraction_section(args, device, Path(tmp), min(40.0, budget.left()))
-                except Exception as e:  # report and go on: the other sections are still worth having
-                    result = {'error': f'{type(e).__name__}: {e}'}
-            if kind == 'train':
-                summary['train'][arch] = result
-            else:
-                summary[f'multitask_overhead_{arch}' if kind == 'overhead' else 'extraction'] = result
-            emit_line(key, result)
+        run_sections(args, device, base, Path(tmp), budget, summary, amp_dtype, channels_last, fused)
     r50 = summary['train'].get('resnet50', {})
     summary['targets'] = {
         'resnet50_e2e_img_per_s': {'target': TARGET_E2E_RESNET50, 'value': r50.get('e2e_best_img_per_s'),

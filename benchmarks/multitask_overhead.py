@@ -1,44 +1,39 @@
 """Multi-task overhead: training-step img/s of the multi-task model vs the same backbone with one head.
 
-Multi-task step (the real components of ``training/``): ``MultiTaskNet`` (T routed linear heads)
--> ``multitask_loss`` -> ``backward`` -> ``task_counts`` + ``rescale_head_grads`` (x B/|B_i|) ->
-SGD (momentum 0.9, backbone and head param groups). Baseline step: the same timm backbone + one
-``nn.Linear`` -> plain cross-entropy -> ``backward`` -> SGD (momentum 0.9). Same batch, same
-input size, synthetic tensors (no data loading). The two alternate in one process (A, B, A, B,
-...), and the figure is the median of the per-round img/s ratios (with the ratio of the medians and of
-the best rounds beside it). Target: ratio >= 0.97.
-
-A third variant, ``multitask_vectorised``, has the heads as one matmul over their concatenated
-weights + one gather (``training/model.py`` does this since 2026-11-27; before, a Linear, a pad
-and a ``where`` per head) and the head-gradient rescale as one ``_foreach_mul_`` (still only
-proposed for ``training/recipe.py``). Same function (logits and gradients agree to float
-rounding). ``--heads-only`` replaces the backbone by (B, num_features) random features to time
-the head part alone.
+Multi-task step: the training driver's own :class:`training.step.TrainStep` (``MultiTaskNet`` with T
+routed linear heads -> ``multitask_loss`` -> backward -> head gradients x B/|B_i| -> SGD with
+momentum 0.9 over the backbone and head parameter groups, :func:`training.recipe.sgd`).
+Baseline step: the same timm backbone + one ``nn.Linear`` -> plain cross-entropy -> the same
+backward/optimizer half (:func:`mtdp_hub.features.runtime.optimizer_step`) -> SGD with momentum
+0.9. Same batch, same input size, synthetic tensors (no data loading). The two alternate in one
+process (A, B, A, B, ...), and the figure is the median of the per-round img/s ratios (with the
+ratio of the medians and of the best rounds beside it). Target: ratio >= 0.97.
+``--heads-only`` replaces the backbone by (B, num_features) random features to time the head part
+alone.
 
 Defaults suit a GPU (224 px, batch 64, the paper's batch); on a CPU use e.g.
-``--img-size 96 --batch-size 32 --rounds 12 --steps-per-round 1``.
+``python -m benchmarks.multitask_overhead --img-size 96 --batch-size 32 --rounds 12 --steps-per-round 1``.
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import sys
 import time
-import types
-from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
-from machine import emit  # noqa: E402
-from timing import interleaved_rates, ratios  # noqa: E402
+from mtdp_hub.features.runtime import autocast, grad_scaler, optimizer_step
+from training.model import MultiTaskNet
+from training.recipe import sgd
+from training.step import TrainStep
 
-from training.model import MultiTaskNet  # noqa: E402
-from training.recipe import multitask_loss, param_groups, rescale_head_grads, task_counts  # noqa: E402
+from .machine import emit
+from .timing import interleaved_rates, ratios
 
 # Class counts of the paper's 22 tasks (Table I; BoneMarrow 8): 81 classes in all.
 PAPER_CLASSES = [3, 2, 2, 2, 2, 2, 3, 2, 2, 4, 2, 8, 2, 2, 2, 8, 9, 10, 2, 2, 2, 8]
@@ -46,11 +41,6 @@ PAPER_CLASSES = [3, 2, 2, 2, 2, 2, 3, 2, 2, 4, 2, 8, 2, 2, 2, 8, 9, 10, 2, 2, 2,
 
 def task_sizes(n_tasks: int) -> dict[str, int]:
     return {f'task{t:02d}': PAPER_CLASSES[t % len(PAPER_CLASSES)] for t in range(n_tasks)}
-
-
-def make_sgd(params, lr: float, fused: bool) -> torch.optim.Optimizer:
-    kw = {'fused': True} if fused else {}
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, **kw)
 
 
 def fused_available(device: torch.device) -> bool:
@@ -71,41 +61,6 @@ def synthetic_batch(batch: int, size: int, classes: list[int], device: torch.dev
     return x, y.to(device), t.to(device)
 
 
-# --- the vectorised heads (now in training/model.py) + a foreach rescale (proposed for training/recipe.py) ---
-def head_gather_index(num_classes: list[int]) -> torch.Tensor:
-    """(T, max classes): column of task t's class c in the concatenated logits; padding -> the -inf column."""
-    width, total = max(num_classes), sum(num_classes)
-    idx = torch.full((len(num_classes), width), total, dtype=torch.long)
-    offset = 0
-    for t, c in enumerate(num_classes):
-        idx[t, :c] = torch.arange(offset, offset + c)
-        offset += c
-    return idx
-
-
-def vectorised_head_logits(model: MultiTaskNet, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-    """``MultiTaskNet.head_logits`` as one matmul over the concatenated heads + one gather."""
-    features = features.float()
-    heads = list(model.heads.values())
-    weight = torch.cat([h.weight for h in heads])
-    bias = torch.cat([h.bias for h in heads])
-    logits = F.pad(F.linear(features, weight, bias), (0, 1), value=float('-inf'))
-    return logits.gather(1, model._gather_index[task_index])
-
-
-def foreach_rescale_head_grads(model: MultiTaskNet, counts: torch.Tensor, batch_size: int) -> None:
-    """``rescale_head_grads`` with one ``_foreach_mul_`` instead of a kernel per parameter."""
-    counts = counts.to(torch.float32)
-    scale = torch.where(counts > 0, batch_size / counts.clamp(min=1), torch.zeros_like(counts))
-    grads, factors = [], []
-    for t, head in enumerate(model.heads.values()):
-        for p in head.parameters():
-            if p.grad is not None:
-                grads.append(p.grad)
-                factors.append(scale[t])
-    torch._foreach_mul_(grads, factors)
-
-
 class Setup:
     """One model + optimizer + its step function (``step()`` returns the batch size)."""
 
@@ -118,30 +73,14 @@ class Setup:
 
 
 def multitask_setup(backbone: nn.Module, tasks: dict[str, int], batch, lr: float = 1e-3, amp_dtype=None,
-                    compile_model: bool = False, fused: bool = False, vectorised: bool = False) -> Setup:
-    """The training loop's step (training/loop.py) on a fixed batch (``vectorised``: the proposed heads)."""
+                    compile_model: bool = False, fused: bool = False) -> Setup:
+    """The training driver's step (:class:`training.step.TrainStep`) on a fixed batch."""
     x, y, t = batch
-    device = x.device
-    model = MultiTaskNet(backbone, tasks).to(device, memory_format=_memory_format(x)).train()
-    rescale = rescale_head_grads
-    if vectorised:
-        model.register_buffer('_gather_index', head_gather_index(model.num_classes).to(device), persistent=False)
-        model.head_logits = types.MethodType(vectorised_head_logits, model)
-        rescale = foreach_rescale_head_grads
-    opt = make_sgd(param_groups(model, lr, 1.0), lr, fused)
-    fwd = torch.compile(model) if compile_model else model
-    T = len(tasks)
-
-    def step():
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = fwd(x, t)
-        loss = multitask_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        rescale(model, task_counts(t, T), x.shape[0])
-        opt.step()
-
-    return Setup(model, step, x.shape[0])
+    model = MultiTaskNet(backbone, tasks).to(x.device, memory_format=_memory_format(x)).train()
+    step = TrainStep(model, sgd(model, lr, fused=fused), device=x.device, amp_dtype=amp_dtype)
+    if compile_model:
+        step.forward = torch.compile(model)
+    return Setup(model, lambda: step(x, y, t), x.shape[0])
 
 
 class SingleHeadNet(nn.Module):
@@ -160,17 +99,15 @@ def single_head_setup(backbone: nn.Module, num_classes: int, batch, lr: float = 
     x, y, _ = batch
     device = x.device
     model = SingleHeadNet(backbone, num_classes).to(device, memory_format=_memory_format(x)).train()
-    opt = make_sgd(model.parameters(), lr, fused)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, fused=fused or None)
+    scaler = grad_scaler(device, amp_dtype)
     fwd = torch.compile(model) if compile_model else model
     y = y.clamp(max=num_classes - 1)
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             logits = fwd(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(F.cross_entropy(logits.float(), y), opt, scaler)
 
     return Setup(model, step, x.shape[0])
 
@@ -232,7 +169,6 @@ def main(argv=None) -> int:
     common = dict(amp_dtype=amp_dtype, compile_model=args.compile, fused=fused)
     multi = multitask_setup(copy.deepcopy(backbone), tasks, batch, **common)
     single = single_head_setup(copy.deepcopy(backbone), max(classes), batch, **common)
-    vectorised = multitask_setup(copy.deepcopy(backbone), tasks, batch, vectorised=True, **common)
 
     def rounds_of(setup: Setup):
         def run() -> int:
@@ -240,20 +176,16 @@ def main(argv=None) -> int:
         return run
 
     t0 = time.perf_counter()
-    rates = interleaved_rates({'multitask': rounds_of(multi), 'single_head': rounds_of(single),
-                               'multitask_vectorised': rounds_of(vectorised)},
+    rates = interleaved_rates({'multitask': rounds_of(multi), 'single_head': rounds_of(single)},
                               rounds=args.rounds, warmup=args.warmup, device=device)
     r = ratios(rates, 'multitask', 'single_head')
-    rv = ratios(rates, 'multitask_vectorised', 'single_head')
     emit({'benchmark': 'multitask_overhead', 'arch': args.arch, 'tasks': args.tasks,
           'batch_size': args.batch_size, 'img_size': args.img_size, 'device': str(device),
           'amp': str(amp_dtype).replace('torch.', '') if amp_dtype else 'none', 'channels_last': channels_last,
           'compile': args.compile, 'fused_sgd': fused, 'rounds': args.rounds, 'steps_per_round': args.steps_per_round,
           'multitask_img_per_s': round(rates['multitask']['median'], 2),
           'single_head_img_per_s': round(rates['single_head']['median'], 2),
-          **r, 'target_ratio': 0.97, 'target_met': r['ratio'] >= 0.97,
-          'multitask_vectorised_img_per_s': round(rates['multitask_vectorised']['median'], 2),
-          'vectorised': {k: v for k, v in rv.items()}, 'heads_only': args.heads_only,
+          **r, 'target_ratio': 0.97, 'target_met': r['ratio'] >= 0.97, 'heads_only': args.heads_only,
           'wall_s': round(time.perf_counter() - t0, 1), 'rates': rates}, args.json)
     return 0
 

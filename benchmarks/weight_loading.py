@@ -20,11 +20,10 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import emit  # noqa: E402
+import mtdp_hub  # noqa: F401
+from mtdp_hub.convert import convert_mtdp_checkpoint
 
-import mtdp_hub  # noqa: E402,F401
-from mtdp_hub.convert import convert_mtdp_checkpoint  # noqa: E402
+from .machine import emit
 
 
 def original_checkpoint(arch: str, path: Path, n_tasks: int = 22) -> None:

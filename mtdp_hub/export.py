@@ -12,19 +12,28 @@ import copy
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from timm.models import save_for_hf
 from torch import nn
 
-from .weights import sha256_file
+from ._io import atomic_replace_dir, sha256_file
+from .errors import OutputExistsError
+from .heads import HEADS_FILE, load_heads, save_heads
 
-__all__ = ['export_folder', 'save_heads', 'load_heads', 'render_card', 'PLAIN_TIMM_ARCHITECTURE', 'CARDS_DIR']
+__all__ = [
+    'export_folder',
+    'save_heads',
+    'load_heads',
+    'render_card',
+    'card_text',
+    'folder_checksums',
+    'PLAIN_TIMM_ARCHITECTURE',
+    'HEADS_FILE',
+]
 
 # Exported under a plain timm architecture when the weights and forward pass are exactly timm's,
 # so that timm (and tools built on it) load the folder without this package.
@@ -32,47 +41,8 @@ PLAIN_TIMM_ARCHITECTURE = {'mtdp_resnet50': 'resnet50'}
 # Architectures whose forward differs from plain timm: loading them needs ``import mtdp_hub``.
 NEEDS_MTDP_HUB = ('mtdp_densenet121',)
 
-CARDS_DIR = Path(__file__).resolve().parent.parent / 'model_cards'
+_CARDS_PACKAGE = 'mtdp_hub.model_cards'  # the top-level model_cards/, shipped as package data
 _INCLUDE = re.compile(r'<!--\s*include:\s*(?P<name>[\w.-]+)\s*-->')
-HEADS_FILE = 'heads.safetensors'
-
-
-def save_heads(
-        path: str | os.PathLike,
-        heads: Mapping[str, nn.Linear],
-        class_names: Mapping[str, Sequence[str]] | None = None,
-) -> None:
-    """Save task heads as ``<task>.weight`` / ``<task>.bias`` with task names and classes as metadata."""
-    tensors, tasks = {}, []
-    for name, head in heads.items():
-        if not isinstance(head, nn.Linear):
-            raise TypeError(f'head {name!r} must be an nn.Linear, got {type(head).__name__}')
-        tensors[f'{name}.weight'] = head.weight.detach().cpu().contiguous()
-        tensors[f'{name}.bias'] = head.bias.detach().cpu().contiguous()
-        classes = list((class_names or {}).get(name, []))
-        if classes and len(classes) != head.out_features:
-            raise ValueError(f'head {name!r} has {head.out_features} outputs but {len(classes)} class names')
-        tasks.append({'name': name, 'num_classes': head.out_features, 'classes': classes})
-    save_file(tensors, str(path), metadata={'format': 'mtdp-heads-v1', 'tasks': json.dumps(tasks)})
-
-
-def load_heads(path: str | os.PathLike) -> tuple[dict[str, nn.Linear], dict[str, list[str]]]:
-    """Read a heads file back: ``{task: nn.Linear}`` and ``{task: class names}``."""
-    with safe_open(str(path), framework='pt') as f:
-        meta = f.metadata() or {}
-        if meta.get('format') != 'mtdp-heads-v1':
-            raise ValueError(f'{path}: not an mtdp heads file (metadata format={meta.get("format")!r})')
-        tasks = json.loads(meta['tasks'])
-        heads, classes = {}, {}
-        for task in tasks:
-            weight, bias = f.get_tensor(f"{task['name']}.weight"), f.get_tensor(f"{task['name']}.bias")
-            head = nn.Linear(weight.shape[1], weight.shape[0])
-            with torch.no_grad():
-                head.weight.copy_(weight)
-                head.bias.copy_(bias)
-            heads[task['name']] = head
-            classes[task['name']] = task['classes']
-    return heads, classes
 
 
 def _generated_card(architecture: str, num_features: int) -> str:
@@ -106,13 +76,21 @@ transform = timm.data.create_transform(**cfg)
 """
 
 
+def card_text(name: str) -> str | None:
+    """The hand-written card ``model_cards/<name>.md`` with its includes resolved, or ``None``."""
+    cards = resources.files(_CARDS_PACKAGE)
+    card_file = cards / f'{name}.md'
+    if not card_file.is_file():
+        return None
+    return _INCLUDE.sub(lambda m: (cards / m['name']).read_text(encoding='utf-8').strip(),
+                        card_file.read_text(encoding='utf-8'))
+
+
 def render_card(model_name: str | None, architecture: str, num_features: int, card_extra: str | None = None) -> str:
     """The card of a released model (``model_cards/<arch>.md`` for ``model_name`` = ``arch.tag``, with
     its includes), else a card generated for ``architecture``."""
-    card_file = CARDS_DIR / f"{model_name.split('.')[0]}.md" if model_name else None
-    if card_file is not None and card_file.is_file():
-        card = _INCLUDE.sub(lambda m: (CARDS_DIR / m['name']).read_text().strip(), card_file.read_text())
-    else:
+    card = card_text(model_name.split('.')[0]) if model_name else None
+    if card is None:
         card = _generated_card(architecture, num_features)
     if card_extra:
         card = card.rstrip() + '\n\n' + card_extra.strip() + '\n'
@@ -143,20 +121,16 @@ def export_folder(
     Returns:
         the folder's path.
     """
-    from timm.models import save_for_hf
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
+        raise OutputExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     architecture = cfg.get('architecture') or type(model).__name__.lower()
     export_arch = PLAIN_TIMM_ARCHITECTURE.get(architecture, architecture)
 
     # safetensors needs contiguous CPU tensors: export a copy, leave the caller's model as it is.
     model = copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.partial-'))
-    try:
+    with atomic_replace_dir(out_dir) as tmp:
         save_for_hf(model, tmp, model_config={'architecture': export_arch}, safe_serialization=True)
         config = json.loads((tmp / 'config.json').read_text())
         config['pretrained_cfg'].pop('tag', None)  # a tag names a registry row, not this folder
@@ -164,15 +138,6 @@ def export_folder(
         if heads:
             save_heads(tmp / HEADS_FILE, heads, class_names)
         (tmp / 'README.md').write_text(render_card(model_name, export_arch, model.num_features, card_extra))
-        # Swap with renames only, so a kill at any point leaves the old or the new folder in place.
-        old = out_dir.with_name(f'.{out_dir.name}.old-{os.getpid()}') if out_dir.exists() else None
-        if old is not None:
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -1,6 +1,7 @@
 """Open any image patch as 8-bit RGB, or fail with an error that names the file.
 
-Shared by extraction (:mod:`mtdp_hub.extract`) and the training data pipeline. Conversions:
+Shared by feature extraction (:mod:`mtdp_hub.features`), task folders (:mod:`mtdp_hub.tasks`) and
+the training data pipeline. Conversions:
 
 - grey (``L``, ``1``) and ``YCbCr``/``LAB``/``HSV``: Pillow's own conversion to RGB;
 - ``CMYK`` (print JPEGs): Pillow's CMYK -> RGB conversion (no ICC colour management);
@@ -23,7 +24,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ['IMAGE_EXTENSIONS', 'UnreadableImageError', 'open_rgb', 'to_rgb', 'check_image', 'check_images', 'find_images', 'is_image_file']
+from .errors import UnreadableImageError
+
+__all__ = [
+    'IMAGE_EXTENSIONS',
+    'UnreadableImageError',
+    'open_rgb',
+    'to_rgb',
+    'check_image',
+    'check_images',
+    'find_images',
+    'is_image_file',
+    'is_hidden',
+]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {'.jpg', '.jpeg', '.png', '.tif', '.tiff', '.bmp', '.webp', '.gif', '.ppm', '.pgm'})
@@ -32,28 +45,37 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 _BACKGROUND = (255, 255, 255)  # transparent pixels become slide background (white)
 
 
-class UnreadableImageError(ValueError):
-    """An image file could not be decoded; ``str(err)`` names the file and the reason."""
+_HIDDEN_NAMES = frozenset({'__MACOSX'})
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f'unreadable image {self.path}: {reason}')
 
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return (type(self), (self.path, self.reason))
+def is_hidden(name: str) -> bool:
+    """True for names that tools leave behind and that are never data: dot-names
+    (``.ipynb_checkpoints``, ``.DS_Store``, ``._x.png``) and ``__MACOSX``."""
+    return name.startswith('.') or name in _HIDDEN_NAMES
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
     """True when the suffix is one of :data:`IMAGE_EXTENSIONS` and the name is not hidden."""
     p = Path(path)
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith('.')
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(p.name)
 
 
 def find_images(root: str | os.PathLike) -> list[Path]:
-    """All image files under ``root`` (recursively, symlinks followed), in sorted order."""
+    """All image files under ``root``, recursively, in sorted order.
+
+    Hidden folders (:func:`is_hidden`) are not entered; symlinked files and folders are
+    followed (each real folder is visited once, so a link loop ends).
+    """
     root = Path(root)
-    found = [p for p in root.rglob('*') if is_image_file(p) and p.is_file()]
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not is_hidden(d)]
+        found += [Path(folder) / f for f in files if is_image_file(f) and os.path.isfile(os.path.join(folder, f))]
     return sorted(found)
 
 

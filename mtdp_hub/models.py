@@ -7,7 +7,7 @@ forward pass returns the globally average-pooled features of the original models
 
 Where the weights come from is this module's one table (``default_cfgs``) plus ``WEIGHT_SHA256``;
 turning a table row into a verified local file is :mod:`mtdp_hub.weights`, and adapting the
-original checkpoint layout is :mod:`mtdp_hub.convert`.
+original checkpoint layout is :mod:`mtdp_hub.state_dict`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from timm.models.densenet import DenseNet
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from .convert import CheckpointError, checkpoint_filter_fn, read_state_dict
+from .errors import CheckpointError
+from .state_dict import checkpoint_filter_fn, read_state_dict
 from .weights import ENV_WEIGHTS_DIR, WeightSource, fetch_weights
 
 __all__ = ['MtdpDenseNet', 'default_cfgs', 'WEIGHT_SHA256', 'ORIGINAL_FILES', 'HF_ORG']

@@ -9,6 +9,10 @@ import json
 import os
 from pathlib import Path
 
+from huggingface_hub import HfApi
+
+from .errors import InputNotFoundError, ModelFolderError
+
 __all__ = ['check_folder', 'push_folder']
 
 REQUIRED = ('model.safetensors', 'config.json', 'README.md')
@@ -19,16 +23,16 @@ def check_folder(folder: str | os.PathLike) -> list[Path]:
     """Validate an exported folder; return the files that would be uploaded."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f'{folder}: not a folder')
+        raise InputNotFoundError(f'{folder}: not a folder')
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
-        raise ValueError(f'{folder}: not an exported model folder, missing {", ".join(missing)}')
+        raise ModelFolderError(f'{folder}: not an exported model folder, missing {", ".join(missing)}')
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ValueError(f'{folder}: refusing to publish pickled weight files: {", ".join(pickles)}')
+        raise ModelFolderError(f'{folder}: refusing to publish pickled weight files: {", ".join(pickles)}')
     config = json.loads((folder / 'config.json').read_text())
     if 'architecture' not in config:
-        raise ValueError(f'{folder / "config.json"}: no "architecture" key')
+        raise ModelFolderError(f'{folder / "config.json"}: no "architecture" key')
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.'))
 
 
@@ -46,8 +50,6 @@ def push_folder(
     files = check_folder(folder)
     if dry_run:
         return files
-    from huggingface_hub import HfApi
-
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
     api.upload_folder(

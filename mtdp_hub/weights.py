@@ -13,30 +13,35 @@ attempt and why it failed. Nothing here unpickles: loading is timm's (``weights_
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
 
-from .convert import read_state_dict
+from ._io import clean_leftovers, commit_file, partial_file, sha256_file
+from .errors import HashMismatchError, WeightsNotFoundError
+from .state_dict import read_state_dict
+
+__all__ = [
+    'ENV_WEIGHTS_DIR',
+    'ENV_CACHE_DIR',
+    'WeightSource',
+    'WeightsNotFoundError',
+    'HashMismatchError',
+    'default_cache_dir',
+    'fetch_weights',
+    'sha256_file',
+    'verify_sha256',
+]
 
 _logger = logging.getLogger(__name__)
 
 ENV_WEIGHTS_DIR = 'MTDP_WEIGHTS_DIR'
 ENV_CACHE_DIR = 'MTDP_CACHE_DIR'
-
-
-class WeightsNotFoundError(RuntimeError):
-    """No source of a pretrained tag gave a usable weight file."""
-
-
-class HashMismatchError(RuntimeError):
-    """A weight file's SHA-256 differs from the one recorded for it."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +63,6 @@ class WeightSource:
         if self.kind == 'hf-hub':
             return f'Hugging Face Hub {self.location}/{self.file_name}'
         return f'URL {self.location} ({self.file_name})'
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -94,8 +90,6 @@ def _from_local_dir(src: WeightSource, model_tag: str, cache_dir: Path | None) -
 
 
 def _from_hf_hub(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
     path = Path(hf_hub_download(src.location, src.file_name, cache_dir=cache_dir))
     try:
         verify_sha256(path, src.sha256, src.describe())
@@ -129,9 +123,8 @@ def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path
             cached.unlink(missing_ok=True)
 
     cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=cache, prefix=f'.{model_tag}-', suffix=f'.partial{suffix}')
-    os.close(fd)
-    tmp = Path(tmp_name)
+    clean_leftovers(cache)  # downloads of killed processes
+    tmp = partial_file(cache / f'{model_tag}{suffix}', suffix=suffix)  # the name needs the content's hash
     try:
         torch.hub.download_url_to_file(src.location, str(tmp), progress=_logger.isEnabledFor(logging.INFO))
         actual = verify_sha256(tmp, src.sha256, src.describe())
@@ -139,9 +132,7 @@ def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path
             # Without a recorded hash, at least never cache what is not a plain tensor checkpoint
             # (an HTML error page served with 200, a truncated file).
             read_state_dict(tmp)
-        final = cache / _url_cache_name(model_tag, src.file_name, actual)
-        os.replace(tmp, final)
-        return final
+        return commit_file(tmp, cache / _url_cache_name(model_tag, src.file_name, actual))
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -21,6 +21,8 @@ from torch import nn  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
+ASSETS = REPO_ROOT / 'tests' / 'assets'
+KATHER_ASSETS = ASSETS / 'kather2016'   # 24 real H&E tiles, 8 classes x 3 (CC BY 4.0, see its README)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -6,7 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtdp_hub.errors import MtdpError
+
+from .checkpoint import list_checkpoints
 from .config import ConfigError, load_config
+from .data import scan_pool
+from .export import export_checkpoint
+from .loop import NonFiniteLossError, TrainingInterrupted
+from .loop import main as train
+from .pool import PoolError, load_pool
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -18,14 +26,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
-    from mtdp_hub.convert import CheckpointError as WeightsFileError
-
-    from .checkpoint import CheckpointError
-    from .data import BadImagesError
-    from .loop import NonFiniteLossError, TrainingInterrupted, main
-    from .model import WeightsUnavailableError
-    from .pool import PoolError
-
     overrides = list(args.overrides)
     config = args.config
     if args.resume:
@@ -44,7 +44,7 @@ def _train(args) -> int:
         print(f'config error: {e}', file=sys.stderr)
         return 2
     try:
-        summary = main(cfg)
+        summary = train(cfg)
     except TrainingInterrupted as e:
         print(f'\n{e}. Continue with: python -m training --resume {Path(cfg.run.output_dir) / cfg.run.name}',
               file=sys.stderr)
@@ -52,9 +52,8 @@ def _train(args) -> int:
     except NonFiniteLossError as e:
         print(f'error: {e}', file=sys.stderr)
         return 3
-    except (PoolError, BadImagesError, WeightsUnavailableError, CheckpointError, WeightsFileError, ConfigError,
-            FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)   # problems found before (or instead of) training: no traceback
+    except MtdpError as e:
+        print(f'error: {e}', file=sys.stderr)   # bad input or a missing resource: one line, no traceback
         return 2
     metrics = summary.get('metrics', {})
     if metrics:
@@ -63,9 +62,6 @@ def _train(args) -> int:
 
 
 def _scan(args) -> int:
-    from .data import scan_pool
-    from .pool import PoolError, load_pool
-
     try:
         pool = load_pool(args.pool)
     except PoolError as e:
@@ -79,9 +75,6 @@ def _scan(args) -> int:
 
 
 def _export(args) -> int:
-    from .checkpoint import list_checkpoints
-    from .loop import export_checkpoint
-
     run = Path(args.run)
     path = Path(args.checkpoint) if args.checkpoint else (list_checkpoints(run / 'checkpoints') or [None])[-1]
     if path is None:

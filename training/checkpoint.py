@@ -1,11 +1,13 @@
 """Checkpoints that survive being killed at any moment.
 
-A checkpoint is written to a temporary file in the run folder, flushed and fsync'ed, then renamed
-over its final name (``os.replace`` is atomic on POSIX), and the folder is fsync'ed: a reader sees
-either the previous set of checkpoints or the new complete one, never a partial file. Only after
-the new file is in place are the oldest ones beyond ``keep`` deleted. A failed write (disk full,
-...) removes its temporary file and leaves the earlier checkpoints untouched.
+A checkpoint is written through :func:`mtdp_hub._io.atomic_path`: a temporary file beside it,
+flushed to disk, renamed over the final name, the folder entry flushed too. A reader sees either
+the previous set of checkpoints or the new complete one, never a partial file. Only after the
+new file is in place are the oldest ones beyond ``keep`` deleted. A failed write (disk full,
+...) removes its temporary file and leaves the earlier checkpoints untouched; the temporary
+file of a killed process is removed by :func:`clean_partial` when the run starts again.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,32 +16,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ['CheckpointError', 'save_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'load_checkpoint',
+from mtdp_hub._io import atomic_path, clean_leftovers
+from mtdp_hub.errors import MtdpError
+
+__all__ = ['CheckpointWriteError', 'save_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'load_checkpoint',
            'clean_partial']
 
 _NAME = re.compile(r'^ckpt-(\d{9})\.pt$')
-_TMP_PREFIX = '.ckpt-tmp-'
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-# Test hook: called with the temporary path once it is fully written, just before the rename.
-before_rename = None
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+class CheckpointWriteError(MtdpError, RuntimeError):
+    """A checkpoint could not be written (e.g. disk full); the earlier ones are intact."""
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
@@ -52,12 +39,8 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 
 
 def clean_partial(folder: str | os.PathLike) -> list[Path]:
-    """Remove temporary files left by a write that was killed; returns them."""
-    folder = Path(folder)
-    stale = [p for p in folder.glob(f'{_TMP_PREFIX}*')] if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+    """Remove temporary files left by writes that were killed; returns them."""
+    return clean_leftovers(folder)
 
 
 def save_checkpoint(state: dict, folder: str | os.PathLike, iteration: int, keep: int = 3) -> Path:
@@ -65,21 +48,12 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, iteration: int, keep
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f'ckpt-{iteration:09d}.pt'
-    tmp = folder / f'{_TMP_PREFIX}{iteration:09d}-{os.getpid()}'
     try:
-        with open(tmp, 'wb') as f:
+        with atomic_path(final) as tmp, open(tmp, 'wb') as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename(tmp)
-        os.replace(tmp, final)
-        _fsync_dir(folder)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CheckpointError(f'could not write checkpoint {final} ({e}); the previous checkpoints are intact') from e
-        raise
+    except OSError as e:
+        raise CheckpointWriteError(f'could not write checkpoint {final} ({e}); '
+                                   'the previous checkpoints are intact') from e
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return final

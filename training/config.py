@@ -15,11 +15,13 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from mtdp_hub.errors import MtdpError
+
 __all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'ScheduleConfig', 'RunConfig', 'Config',
            'load_config', 'from_dict', 'to_dict', 'apply_overrides', 'save_config']
 
 
-class ConfigError(ValueError):
+class ConfigError(MtdpError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 

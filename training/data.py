@@ -1,8 +1,8 @@
 """Images in, tensors out: the paper's augmentation, the multi-task dataset, the loaders, the scan.
 
-Training transform ([PAPER] §III-F, notes 2.4): random maximal square crop -> resize to
-``size`` x ``size`` -> random horizontal and vertical flips -> ImageNet normalisation. Nothing
-else. Evaluation: resize the short side to ``size`` -> centre crop -> normalisation.
+Training transform (the paper, §III-F): random maximal square crop -> resize to ``size`` x
+``size`` -> random horizontal and vertical flips -> ImageNet normalisation. Nothing else.
+Validation uses the backbone's own eval preprocessing (:mod:`training.validation`).
 
 The random choices of a training image come from the seed its draw carries (see
 :mod:`training.sampler`), never from a global RNG, so a batch is the same whatever the number of
@@ -20,10 +20,14 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from tqdm import tqdm
+
+from mtdp_hub.errors import MtdpError, UnreadableImageError
 
 from .pool import TaskPool
 
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'train_transform', 'eval_transform', 'MultiTaskDataset', 'SplitDataset',
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'train_transform', 'train_transform_uint8', 'normalise_uint8', 'MultiTaskDataset', 'SplitDataset',
            'EncodedMultiTaskDataset', 'DeviceAugment', 'collate_encoded', 'ScanReport', 'scan_pool', 'apply_bad_image_policy', 'BadImagesError']
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD   # timm's; the paper's normalisation
@@ -38,8 +42,9 @@ def _to_uint8_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def _to_normalised_tensor(im: Image.Image) -> torch.Tensor:
-    return _to_uint8_tensor(im).float().sub_(_MEAN255).mul_(_INV_STD255)
+def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 CHW -> ImageNet-normalised float32 CHW: one conversion and two in-place passes."""
+    return x.float().sub_(_MEAN255).mul_(_INV_STD255)
 
 
 def augment_params(width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, bool, bool]:
@@ -63,20 +68,14 @@ def _augment_pil(im: Image.Image, size: int, params: tuple[int, int, int, bool, 
     return im
 
 
+def train_transform_uint8(im: Image.Image, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Random maximal square crop, resize, random H and V flips; uint8 CHW (normalisation left to the batch)."""
+    return _to_uint8_tensor(_augment_pil(im, size, augment_params(*im.size, generator)))
+
+
 def train_transform(im: Image.Image, size: int, generator: torch.Generator) -> torch.Tensor:
     """Random maximal square crop, resize, random H and V flips, ImageNet normalisation."""
-    return _to_normalised_tensor(_augment_pil(im, size, augment_params(*im.size, generator)))
-
-
-def eval_transform(im: Image.Image, size: int) -> torch.Tensor:
-    """Resize the short side to ``size``, centre crop ``size`` x ``size``, ImageNet normalisation."""
-    w, h = im.size
-    if min(w, h) != size:
-        scale = size / min(w, h)
-        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return _to_normalised_tensor(im.crop((left, top, left + size, top + size)))
+    return normalise_uint8(train_transform_uint8(im, size, generator))
 
 
 class MultiTaskDataset(Dataset):
@@ -101,8 +100,6 @@ class MultiTaskDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, key):
-        from mtdp_hub.images import UnreadableImageError
-
         flat, seed = key if isinstance(key, tuple) else (key, key)
         t, split, i = self.index[flat]
         task = self.pool.tasks[t]
@@ -132,8 +129,6 @@ class EncodedMultiTaskDataset(MultiTaskDataset):
     """
 
     def _load(self, task, split: str, j: int, generator: torch.Generator) -> EncodedImage:
-        from mtdp_hub.images import UnreadableImageError
-
         item = task.splits[split].items[j]
         if task._hf is None and str(item).lower().endswith(('.jpg', '.jpeg')):
             try:
@@ -146,7 +141,7 @@ class EncodedMultiTaskDataset(MultiTaskDataset):
                 params = augment_params(*size, generator)
                 return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), torch.tensor(params))
         im = task.load(split, j)
-        return EncodedImage(_to_uint8_tensor(_augment_pil(im, self.size, augment_params(*im.size, generator))), None)
+        return EncodedImage(train_transform_uint8(im, self.size, generator), None)
 
 
 @dataclass
@@ -175,8 +170,6 @@ class DeviceAugment:
         self.inv_std = (1 / (torch.tensor(IMAGENET_STD) * 255)).view(1, 3, 1, 1).to(device)
 
     def __call__(self, images: Sequence[EncodedImage]) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         encoded = [k for k, im in enumerate(images) if im.params is not None]
         out: list[torch.Tensor | None] = [None] * len(images)
         if encoded:
@@ -204,21 +197,21 @@ class DeviceAugment:
 
 
 class SplitDataset(Dataset):
-    """One split of one task with the evaluation transform; items are ``(image, label, task_index)``."""
+    """One split of one task through ``transform`` (PIL -> tensor); items are ``(image, label, task_index)``."""
 
-    def __init__(self, pool: TaskPool, task_index: int, split: str, size: int):
-        self.task, self.t, self.split, self.size = pool.tasks[task_index], task_index, split, size
+    def __init__(self, pool: TaskPool, task_index: int, split: str, transform):
+        self.task, self.t, self.split, self.transform = pool.tasks[task_index], task_index, split, transform
 
     def __len__(self) -> int:
         return len(self.task.splits[self.split])
 
     def __getitem__(self, i):
         im = self.task.load(self.split, i)
-        return eval_transform(im, self.size), self.task.splits[self.split].labels[i], self.t
+        return self.transform(im), self.task.splits[self.split].labels[i], self.t
 
 
 # --- scanning a pool for undecodable images ----------------------------------------------------
-class BadImagesError(RuntimeError):
+class BadImagesError(MtdpError, RuntimeError):
     """Undecodable images under ``bad_images: error``; the message lists every file and why."""
 
 
@@ -232,8 +225,6 @@ class _ScanDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, k):
-        from mtdp_hub.images import UnreadableImageError
-
         t, s, i = self.items[k]
         try:
             self.pool.tasks[t].load(s, i)
@@ -259,7 +250,6 @@ def scan_pool(pool: TaskPool, splits: Sequence[str] = ('train', 'val', 'test'), 
     bad = []
     batches = loader
     if progress:
-        from tqdm import tqdm
         batches = tqdm(loader, desc='scanning images', unit='batch', leave=False, disable=None)
     for batch in batches:
         for t, s, i, reason in batch:

@@ -19,12 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import mtdp_hub  # noqa: F401  (registers mtdp_resnet50 / mtdp_densenet121)
+from mtdp_hub.errors import CheckpointError, InputNotFoundError, MtdpError
+from mtdp_hub.state_dict import is_mtdp_layout, read_state_dict, split_mtdp_checkpoint
+
 from .data import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ['MultiTaskNet', 'create_backbone', 'imagenet_weights_name', 'WeightsUnavailableError']
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(MtdpError, RuntimeError):
     """ImageNet initial weights are neither cached nor reachable."""
 
 
@@ -92,8 +96,6 @@ def imagenet_weights_name(arch: str) -> str:
 
 def _load_weights_file(path: Path) -> dict:
     """A backbone state dict from a file or exported folder; original mtdp checkpoints are split."""
-    from mtdp_hub.convert import is_mtdp_layout, read_state_dict, split_mtdp_checkpoint
-
     state = read_state_dict(path / 'model.safetensors' if path.is_dir() else path)
     return split_mtdp_checkpoint(state)[0] if is_mtdp_layout(state) else state
 
@@ -101,8 +103,6 @@ def _load_weights_file(path: Path) -> dict:
 def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | None = None,
                     if_missing: str = 'error', log=print) -> nn.Module:
     """A timm backbone with ``num_classes=0``, initialised from ImageNet, a local file, or randomly."""
-    import mtdp_hub  # noqa: F401  (registers mtdp_resnet50 / mtdp_densenet121)
-
     backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     if init == 'imagenet':
         source = imagenet_weights or imagenet_weights_name(arch)
@@ -121,14 +121,14 @@ def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | N
     elif init != 'random':
         path = Path(os.path.expanduser(init))
         if not path.exists():
-            raise FileNotFoundError(f'model.init: no such weights file or folder {path}')
+            raise InputNotFoundError(f'model.init: no such weights file or folder {path}')
         state = _load_weights_file(path)
         drop = [k for k in state if k.startswith(('fc.', 'classifier.', 'head.fc.', 'heads.'))]
         for k in drop:
             state.pop(k)
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f'model.init {path} does not fit {arch}: missing keys {missing[:8]}'
+            raise CheckpointError(f'model.init {path} does not fit {arch}: missing keys {missing[:8]}'
                              f'{"..." if len(missing) > 8 else ""}, unexpected keys {unexpected[:8]}')
         log(f'initialised the backbone from {path}')
     return backbone

@@ -28,16 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from PIL import Image
+
+from mtdp_hub.errors import MtdpError, TaskFolderError, UnreadableImageError
+from mtdp_hub.images import open_rgb, to_rgb
+from mtdp_hub.tasks import SPLITS, read_task_folder
 
 __all__ = ['PoolError', 'Task', 'TaskPool', 'load_pool', 'SPLITS']
 
-SPLITS = ('train', 'val', 'test')
 _TASK_KEYS = {'name', 'root', 'classes', 'groups', 'hf', 'image_column', 'label_column', 'group_column', 'splits'}
 _POOL_KEYS = {'tasks', 'train_splits'}
 _HF_SPLIT_ALIASES = {'train': ('train',), 'val': ('val', 'validation', 'valid'), 'test': ('test',)}
 
 
-class PoolError(ValueError):
+class PoolError(MtdpError, ValueError):
     """A pool definition that cannot be trained on; the message names the task."""
 
 
@@ -75,9 +79,7 @@ class Task:
         return f'{self.source}[{self._hf_split_names[split]}][{item}]'
 
     def load(self, split: str, index: int):
-        """The image as RGB PIL; raises ``mtdp_hub.images.UnreadableImageError``."""
-        from mtdp_hub.images import open_rgb
-
+        """The image as RGB PIL; raises ``mtdp_hub.errors.UnreadableImageError``."""
         item = self.splits[split].items[index]
         if self._hf is None:
             return open_rgb(item)
@@ -92,10 +94,6 @@ class Task:
 
 
 def _decode_hf(value: Any, where: str):
-    from PIL import Image
-
-    from mtdp_hub.images import UnreadableImageError, open_rgb, to_rgb
-
     if isinstance(value, Image.Image):
         return to_rgb(value)
     if isinstance(value, dict):
@@ -136,42 +134,21 @@ class TaskPool:
 
 # ---------------------------------------------------------------------------------------------
 def _folder_task(spec: dict, name: str, base: Path) -> Task:
-    from mtdp_hub.images import is_image_file
-
+    """A task folder, read by :func:`mtdp_hub.tasks.read_task_folder` (the rules ``mtdp evaluate`` uses)."""
     root = Path(os.path.expanduser(str(spec['root'])))
     if not root.is_absolute():
         root = base / root
-    if not root.is_dir():
-        raise PoolError(f'task {name!r}: root {root} is not a readable folder')
-    try:
-        present = [s for s in SPLITS if (root / s).is_dir()]
-    except OSError as e:
-        raise PoolError(f'task {name!r}: cannot read {root}: {e}') from e
-    if not present:
-        raise PoolError(f'task {name!r}: {root} has none of the split folders {", ".join(SPLITS)} '
-                        '(expected {root}/{train,val,test}/{class}/*)')
-    wanted = spec.get('classes')
-    found = {s: sorted(d.name for d in (root / s).iterdir() if d.is_dir() and not d.name.startswith('.'))
-             for s in present}
-    classes = [str(c) for c in wanted] if wanted else sorted(set().union(*found.values()))
     grouped = spec.get('groups')
     if grouped not in (None, False, 'prefix'):
         raise PoolError(f"task {name!r}: groups must be 'prefix' (file name before the first '_'), got {grouped!r}")
-    splits = {}
-    for s in present:
-        items, labels, groups = [], [], []
-        for label, cls in enumerate(classes):
-            folder = root / s / cls
-            if not folder.is_dir():
-                continue
-            files = sorted(p for p in folder.rglob('*') if is_image_file(p) and p.is_file())
-            items += [str(p) for p in files]
-            labels += [label] * len(files)
-            if grouped:
-                groups += [p.name.split('_', 1)[0] if '_' in p.name else p.stem for p in files]
-        if items:
-            splits[s] = Split(items, labels, groups)
-    return Task(name, classes, splits, str(root))
+    wanted = spec.get('classes')
+    try:
+        folder = read_task_folder(root, classes=[str(c) for c in wanted] if wanted else None)
+    except TaskFolderError as e:
+        raise PoolError(f'task {name!r}: {e}') from e
+    splits = {s: Split([str(p) for p in split.paths], list(split.labels), split.groups if grouped else [])
+              for s, split in folder.splits.items() if len(split)}
+    return Task(name, folder.class_names, splits, str(folder.root))
 
 
 def _hf_task(spec: dict, name: str) -> Task:

@@ -2,7 +2,7 @@
 
 - :func:`multitask_loss`: per-sample cross-entropy averaged over the whole batch (Eq. 1).
 - :func:`rescale_head_grads`: after ``backward()``, head i's gradients x B/|B_i|.
-- :func:`param_groups`: backbone at LR gamma, heads at gamma * tau.
+- :func:`param_groups` / :func:`sgd`: backbone at LR gamma, heads at gamma * tau, SGD with momentum.
 - :func:`lr_lambdas`: head-only warm-up at its own LR, then constant LRs.
 - :func:`recalibrate_batchnorm`: BN statistics from mixed-task batches, output unchanged.
 """
@@ -16,7 +16,7 @@ from torch import nn
 
 from .model import MultiTaskNet
 
-__all__ = ['multitask_loss', 'task_counts', 'rescale_head_grads', 'param_groups', 'lr_lambdas',
+__all__ = ['multitask_loss', 'task_counts', 'rescale_head_grads', 'param_groups', 'sgd', 'lr_lambdas',
            'recalibrate_batchnorm']
 
 
@@ -50,6 +50,15 @@ def param_groups(model: MultiTaskNet, lr: float, head_lr_mult: float) -> list[di
         {'name': 'backbone', 'params': list(model.backbone.parameters()), 'lr': lr},
         {'name': 'heads', 'params': list(model.heads.parameters()), 'lr': lr * head_lr_mult},
     ]
+
+
+def sgd(model: MultiTaskNet, lr: float, head_lr_mult: float = 1.0, momentum: float = 0.9,
+        weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.SGD:
+    """SGD over :func:`param_groups`; ``fused`` (default: on CUDA) runs the update as a few fused kernels."""
+    if fused is None:
+        fused = next(model.parameters()).device.type == 'cuda'
+    return torch.optim.SGD(param_groups(model, lr, head_lr_mult), lr=lr, momentum=momentum,
+                           weight_decay=weight_decay, fused=fused or None)
 
 
 def lr_lambdas(warmup_iterations: int, warmup_lr: float, lr: float, head_lr_mult: float) -> list[Callable]:

@@ -22,6 +22,7 @@ def test_help(command, capsys):
     assert 'usage: mtdp ' + command in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_console_script_installed():
     script = Path(sys.executable).parent / 'mtdp'
     if not script.exists():
@@ -63,3 +64,19 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and err.startswith('mtdp convert: error:')
     assert not (tmp_path / 'o').exists()
+
+
+def test_input_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    assert main(['export', 'no_such_model_xyz', '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "unknown model 'no_such_model_xyz'" in err
+    assert main(['extract', '--model', 'random:resnet18', '--input', str(tmp_path / 'ghost'),
+                 '--output', str(tmp_path / 'f.safetensors')]) == 2
+    assert 'no such input' in capsys.readouterr().err
+
+    def bug(*args, **kwargs):
+        raise RuntimeError('a bug, not bad input')
+
+    monkeypatch.setattr('mtdp_hub.cli.hub.push_folder', bug)
+    with pytest.raises(RuntimeError, match='a bug'):   # not swallowed: the traceback reaches the user
+        main(['push', str(tmp_path), 'org/name'])

@@ -8,14 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 import mtdp_hub
-from mtdp_hub.convert import (
-    CheckpointError,
-    convert_mtdp_checkpoint,
-    guess_architecture,
-    read_state_dict,
-    split_mtdp_checkpoint,
-)
-from mtdp_hub.export import load_heads
+from mtdp_hub.convert import convert_mtdp_checkpoint
+from mtdp_hub.errors import CheckpointError
+from mtdp_hub.heads import load_heads
+from mtdp_hub.state_dict import guess_architecture, read_state_dict, split_mtdp_checkpoint
 
 
 def _load(name, path, **kwargs):

@@ -41,6 +41,7 @@ def test_local_dir_reload_equal(resnet_folder):
     assert data_cfg['input_size'] == (3, 224, 224) and data_cfg['crop_pct'] == 1.0
 
 
+@pytest.mark.slow
 def test_plain_timm_loads_resnet_from_offline_hf_cache_in_fresh_process(resnet_folder, tmp_path):
     ckpt, folder = resnet_folder
     populate_hf_cache(tmp_path / 'hf', 'someorg/mtdp_resnet50', folder)

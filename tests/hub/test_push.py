@@ -39,7 +39,7 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
         def upload_folder(self, **kwargs):
             calls.append(('upload_folder', kwargs['repo_id'], kwargs['folder_path'], sorted(kwargs['allow_patterns'])))
 
-    monkeypatch.setattr('huggingface_hub.HfApi', FakeApi)
+    monkeypatch.setattr(push, 'HfApi', FakeApi)
     push.push_folder(folder, 'org/name', dry_run=False, private=True, token='t')
     assert calls == [('init', 't'), ('create_repo', 'org/name', True, True),
                      ('upload_folder', 'org/name', str(folder), ['README.md', 'config.json', 'model.safetensors'])]

@@ -17,6 +17,8 @@ import yaml
 
 import training.checkpoint as ckpt
 import training.loop as loop
+import training.step as step
+from mtdp_hub import _io
 from training.config import ConfigError, to_dict
 
 from .conftest import REPO_ROOT, run_training_cli
@@ -41,7 +43,7 @@ def test_disk_full_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, 'No space left on device')
 
     monkeypatch.setattr(ckpt.torch, 'save', full_disk)
-    with pytest.raises(ckpt.CheckpointError, match='No space left.*previous checkpoints are intact'):
+    with pytest.raises(ckpt.CheckpointWriteError, match='No space left.*previous checkpoints are intact'):
         ckpt.save_checkpoint({'iteration': 2, 'w': torch.zeros(4)}, tmp_path, 2)
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt-000000001.pt']   # no temp file, no ckpt 2
     assert (tmp_path / 'ckpt-000000001.pt').read_bytes() == before
@@ -50,11 +52,15 @@ def test_disk_full_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
 
 def test_a_write_killed_before_the_rename_is_never_seen(tmp_path, monkeypatch):
     ckpt.save_checkpoint({'iteration': 1}, tmp_path, 1)
-    stale = tmp_path / '.ckpt-tmp-000000002-999'   # what a SIGKILL mid-write leaves behind
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    stale = tmp_path / f'.ckpt-000000002.pt.partial-{int(dead.stdout)}-0a1b'   # what a SIGKILL mid-write leaves
     stale.write_bytes(b'half a checkpoint')
+    alive = tmp_path / f'.ckpt-000000003.pt.partial-{os.getpid()}-0a1b'   # a write still in progress
+    alive.write_bytes(b'being written')
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ['ckpt-000000001.pt']
-    assert ckpt.clean_partial(tmp_path) == [stale] and not stale.exists()
-    monkeypatch.setattr(ckpt, 'before_rename', lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert ckpt.clean_partial(tmp_path) == [stale] and not stale.exists() and alive.exists()
+    alive.unlink()
+    monkeypatch.setattr(_io, 'before_rename', lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint({'iteration': 2}, tmp_path, 2)
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt-000000001.pt']
@@ -99,14 +105,14 @@ def test_signal_saves_and_resume_equals_uninterrupted(tiny_config, monkeypatch, 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_config, monkeypatch):
     cfg = tiny_config('nan')
     calls = {'n': 0}
-    real = loop.multitask_loss
+    real = step.multitask_loss
 
     def exploding(logits, labels):
         calls['n'] += 1
         loss = real(logits, labels)
         return loss * float('nan') if calls['n'] == 10 else loss
 
-    monkeypatch.setattr(loop, 'multitask_loss', exploding)
+    monkeypatch.setattr(step, 'multitask_loss', exploding)
     with pytest.raises(loop.NonFiniteLossError) as info:
         loop.main(cfg)
     message = str(info.value)
@@ -144,7 +150,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_config, 
     r = run_training_cli(['--config', str(config_file)], {'MTDP_TRAINING_FAULT': 'save:6'})
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
     assert [p.name for p in ckpt.list_checkpoints(ckpt_dir)] == ['ckpt-000000002.pt', 'ckpt-000000004.pt']
-    assert any(p.name.startswith('.ckpt-tmp-') for p in ckpt_dir.iterdir())
+    assert any(_io.PARTIAL_MARK in p.name for p in ckpt_dir.iterdir())
     # 2) killed from outside at random moments (fixed test seed) once past a random iteration.
     rng = random.Random(0)
     for target in (8, 14):
@@ -166,9 +172,10 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_config, 
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((loop.run_dir_of(cfg) / 'summary.json').read_text())
     assert summary['weights_sha256'] == ref['weights_sha256']
-    assert not any(p.name.startswith('.ckpt-tmp-') for p in ckpt_dir.iterdir())
+    assert not any(_io.PARTIAL_MARK in p.name for p in ckpt_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_resume_continues_a_stopped_run(tiny_config, monkeypatch):
     ref = loop.main(tiny_config('ref'))
     cfg = tiny_config('cli')

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import timm
 import torch
 from PIL import Image
 
-from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset, eval_transform, train_transform
+from mtdp_hub.features.specs import data_config, eval_transform
+from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset, train_transform
+from training.model import set_training_preprocessing
 from training.pool import load_pool
 from training.sampler import TaskUniformSampler
 
@@ -40,8 +43,10 @@ def test_train_transform_max_square_crop_resize_flips_normalise():
     assert torch.allclose(x, torch.zeros_like(x), atol=0.01)
 
 
-def test_eval_transform_resize_then_centre_crop():
-    x = unnormalise(eval_transform(striped(60, 40), 20))   # -> 30 x 20, centre 20 x 20
+def test_validation_transform_is_the_backbones_resize_then_centre_crop():
+    backbone = timm.create_model('test_resnet', num_classes=0)
+    set_training_preprocessing(backbone, 20)   # what a run records; validation and extraction read it back
+    x = unnormalise(eval_transform(data_config(backbone))(striped(60, 40)))   # -> 30 x 20, centre 20 x 20
     assert x.shape == (3, 20, 20)
     red = x[0].mean(0) * 255 / 4   # original column index, scaled by 60/30 = 2
     assert abs(float(red[0]) - 2 * 5 - 1) < 2 and abs(float(red[-1]) - 2 * 24 - 1) < 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import timm
 import torch
 from safetensors.torch import load_file
@@ -15,6 +16,7 @@ from training.model import MultiTaskNet, create_backbone
 from .conftest import run_training_cli
 
 
+@pytest.mark.slow
 def test_export_reloads_through_timm_with_same_features_and_heads(tiny_config, tmp_path):
     cfg = tiny_config('exp', run={'export': True})
     summary = loop.main(cfg)
@@ -48,6 +50,7 @@ def test_export_reloads_through_timm_with_same_features_and_heads(tiny_config, t
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_scan_command_lists_undecodable_images(tiny_pool):
     bad = tiny_pool.parent / 'data' / 'alpha' / 'val' / 'a' / 'bad.jpg'
     bad.write_bytes(b'\xff\xd8\xff\xe0 truncated')
@@ -57,6 +60,7 @@ def test_scan_command_lists_undecodable_images(tiny_pool):
     assert '61 images checked in 3 tasks, 1 undecodable' in r.stdout
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_naming_the_key(tmp_path):
     cfg = tmp_path / 'c.yaml'
     cfg.write_text('schedule: {iterationz: 3}\n')

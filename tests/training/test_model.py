@@ -7,6 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from mtdp_hub.errors import CheckpointError
 from training.model import MultiTaskNet, WeightsUnavailableError, create_backbone, imagenet_weights_name
 
 
@@ -54,7 +55,7 @@ def test_init_from_a_local_file_loads_every_weight(tmp_path):
             assert torch.equal(net.state_dict()[k], v), k
     bad = {k: v for k, v in source.state_dict().items() if 'conv1' not in k}
     save_file({k: v.contiguous() for k, v in bad.items()}, str(tmp_path / 'partial.safetensors'))
-    with pytest.raises(ValueError, match='missing keys'):
+    with pytest.raises(CheckpointError, match='missing keys'):
         create_backbone('test_resnet', str(tmp_path / 'partial.safetensors'))
 
 

@@ -40,10 +40,10 @@ def test_datasets_imagefolder_source(tmp_path):
 
 @pytest.mark.parametrize('case, message', [
     ('unknown_key', r"task 'alpha': unknown keys \['rooot'\]"),
-    ('missing_root', r"task 'ghost': root .* is not a readable folder"),
+    ('missing_root', r"task 'ghost': task folder .*ghost does not exist"),
     ('duplicate', r"duplicate task names \['alpha'\]"),
     ('val_only_class', r"task 'alpha': classes \['c'\] appear in split 'val' but not in the training"),
-    ('one_class', r"task 'solo': has 1 class"),
+    ('one_class', r"task 'solo': .* has 1 class folder"),
     ('empty', r"task 'hollow': .*(no images|none of the split folders)"),
     ('pool_key', r"unknown pool keys \['taks'\]"),
 ])
@@ -64,6 +64,7 @@ def test_bad_pools_fail_naming_the_task(tmp_path, case, message):
         spec = {'tasks': [alpha, {'root': str(tmp_path / 'solo')}]}
     elif case == 'empty':
         (tmp_path / 'hollow' / 'train' / 'a').mkdir(parents=True)
+        (tmp_path / 'hollow' / 'train' / 'b').mkdir(parents=True)
         spec = {'tasks': [alpha, {'root': str(tmp_path / 'hollow')}]}
     else:
         spec = {'taks': [], 'tasks': [alpha]}

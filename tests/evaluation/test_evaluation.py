@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtdp_hub.transfer import evaluate as evaluate_mod
-from mtdp_hub.transfer.cli import add_cli
-from mtdp_hub.transfer.evaluate import evaluate
-from mtdp_hub.transfer.finetune import FinetuneConfig, finetune, finetune_lr
-from mtdp_hub.transfer.linear import C_GRID, fit_linear, grouped_folds
-from mtdp_hub.transfer.metrics import accuracy, mean_std, roc_auc, score, significant
-from mtdp_hub.transfer.report import markdown_table, summarize
-from mtdp_hub.transfer.tasks import group_id, load_task
+from mtdp_hub.cli.evaluate import add_cli
+from mtdp_hub.evaluation import evaluate, load_task
+from mtdp_hub.evaluation import protocol as evaluate_mod
+from mtdp_hub.evaluation.finetune import FinetuneConfig, finetune, finetune_lr
+from mtdp_hub.evaluation.linear import C_GRID, fit_linear, grouped_folds
+from mtdp_hub.evaluation.metrics import accuracy, mean_std, roc_auc, score, significant
+from mtdp_hub.evaluation.report import markdown_table, summarize
+from mtdp_hub.tasks import group_id
 
 SHARED = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 TINY = 'random:test_resnet'  # 0.4 M parameters
@@ -263,7 +263,7 @@ def test_fit_linear_binary_sign_refers_to_label_1_and_skips_one_class_folds():
 def test_finetune_lr_selection_ignores_nan_val(monkeypatch):
     import types
 
-    from mtdp_hub.transfer import finetune as ft_mod
+    from mtdp_hub.evaluation import finetune as ft_mod
 
     task, cfg = types.SimpleNamespace(has=lambda split: True), FinetuneConfig(lrs=(1e-3, 1e-4, 1e-5))
 
@@ -283,7 +283,7 @@ def test_finetune_lr_selection_ignores_nan_val(monkeypatch):
 def test_roc_auc_uses_sklearn_and_keeps_nan_for_one_class():
     import inspect
 
-    from mtdp_hub.transfer import metrics
+    from mtdp_hub.evaluation import metrics
 
     assert not hasattr(metrics, '_average_ranks') and 'roc_auc_score' in inspect.getsource(metrics.roc_auc)
     assert np.isnan(roc_auc([0, 0, 0], [0.1, 0.2, 0.3])) and np.isnan(roc_auc([], []))

@@ -1,18 +1,20 @@
-"""The ``mtdp`` command: list, convert, export, push, extract, evaluate."""
+"""``mtdp list``, ``convert``, ``export`` and ``push``: the model registry and Hugging Face folders."""
+
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 
-from .version import __version__
+import timm
+from timm.models import get_pretrained_cfg
+
+from .. import list_models
+from ..convert import convert_mtdp_checkpoint
+from ..export import export_folder, folder_checksums
+from ..features.specs import check_spec
+from ..push import push_folder
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from timm.models import get_pretrained_cfg
-
-    from . import list_models
-
     for name in list_models(pretrained=True):
         cfg = get_pretrained_cfg(name)
         print(f'{name}\t{cfg.hf_hub_id or "-"}\t{cfg.description or ""}')
@@ -20,27 +22,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_checksums(folder) -> None:
-    from .export import folder_checksums
-
     print(f'wrote {folder}')
     for name, digest in folder_checksums(folder).items():
         print(f'sha256  {digest}  {name}')
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_mtdp_checkpoint
-
     folder = convert_mtdp_checkpoint(args.checkpoint, args.out, model_name=args.model, overwrite=args.overwrite)
     _print_checksums(folder)
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import timm
-
-    from . import models  # noqa: F401
-    from .export import export_folder
-
+    check_spec(args.model)
     overlay = {'file': args.weights} if args.weights else None
     model = timm.create_model(args.model, pretrained=True, pretrained_cfg_overlay=overlay).eval()
     if getattr(model, 'num_classes', 0):
@@ -50,8 +44,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from .push import push_folder
-
     files = push_folder(args.folder, args.repo_id, dry_run=not args.upload, private=args.private,
                         revision=args.revision)
     verb = 'uploaded' if args.upload else 'would upload (dry run; add --upload to send)'
@@ -61,11 +53,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='mtdp', description=__doc__)
-    parser.add_argument('--version', action='version', version=f'mtdp-hub {__version__}')
-    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-
+def add_cli(sub) -> None:
+    """Add ``list``, ``convert``, ``export`` and ``push`` to an argparse ``subparsers`` object."""
     p = sub.add_parser('list', help='list the pretrained models and their Hub repos')
     p.set_defaults(func=_cmd_list)
 
@@ -90,23 +79,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--private', action='store_true')
     p.add_argument('--revision', default=None)
     p.set_defaults(func=_cmd_push)
-
-    from .extract import add_cli as add_extract
-    from .transfer.cli import add_cli as add_evaluate
-
-    add_extract(sub)
-    add_evaluate(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        print(f'mtdp {args.command}: error: {e}', file=sys.stderr)
-        return 2
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -19,16 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtdp_hub.images import open_rgb
-from mtdp_hub.transfer.backbones import (
-    autocast_dtype,
-    data_config,
-    eval_transform,
-    load_backbone,
-    pick_device,
-)
-from mtdp_hub.transfer.metrics import score
-from mtdp_hub.transfer.tasks import Split, Task
+from ..errors import InvalidOptionError
+from ..features.runtime import autocast, autocast_dtype, grad_scaler, optimizer_step, pick_device
+from ..features.specs import data_config, eval_transform, load_backbone
+from ..images import open_rgb
+from ..tasks import Split, Task
+from .metrics import score
 
 LR_GRID = (1e-3, 1e-4, 1e-5, 1e-6)  # the paper's grid
 
@@ -43,7 +39,7 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     img_size: int | None = None
     device: str = 'auto'
-    precision: str = 'auto'         # autocast: auto = fp16 on CUDA, fp32 on CPU
+    precision: str = 'auto'         # autocast: see mtdp_hub.features.runtime (auto = bf16 on CUDA, fp32 on CPU)
     channels_last: bool | None = None
     num_workers: int = 4
     max_steps_per_epoch: int | None = None  # for smoke tests
@@ -95,7 +91,7 @@ def predict(model: nn.Module, loader, device: torch.device, amp_dtype, channels_
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             outs.append(model(x).float().cpu())
         ys.append(y)
     return torch.cat(outs).numpy(), torch.cat(ys).numpy()
@@ -132,8 +128,8 @@ def finetune_lr(spec: str, task: Task, lr: float, cfg: FinetuneConfig, *, seed: 
     elif cfg.optimizer == 'adam':
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', not {cfg.optimizer!r}")
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        raise InvalidOptionError(f"optimizer must be 'sgd' or 'adam', not {cfg.optimizer!r}")
+    scaler = grad_scaler(device, amp_dtype)
     loss_fn = nn.CrossEntropyLoss()
 
     val_curve, test_curve, losses = [], [], []
@@ -148,12 +144,9 @@ def finetune_lr(spec: str, task: Task, lr: float, cfg: FinetuneConfig, *, seed: 
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with autocast(device, amp_dtype):
                 loss = loss_fn(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            optimizer_step(loss, opt, scaler)
             epoch_loss.append(float(loss.detach()))
             n_seen += len(y)
         losses.append(float(np.mean(epoch_loss)) if epoch_loss else float('nan'))

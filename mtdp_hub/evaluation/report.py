@@ -18,7 +18,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mtdp_hub.transfer.metrics import mean_std, significant
+from .._io import atomic_path, atomic_write_text
+from ..errors import MissingDependencyError
+from .metrics import mean_std, significant
 
 _METRIC_NAMES = {'accuracy': 'accuracy', 'roc_auc': 'ROC AUC'}
 STD_SOURCES = {'independent': 'std over independently initialised/trained models',
@@ -100,7 +102,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError('the report plot needs matplotlib: pip install mtdp-hub[eval]') from e
+        raise MissingDependencyError('the report plot needs matplotlib: pip install mtdp-hub[eval]') from e
     matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
 
@@ -125,7 +127,8 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
     ax.set_title(result['task'])
     ax.legend(fontsize='small', loc='lower right')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -134,7 +137,7 @@ def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {'json': out / 'results.json', 'markdown': out / 'results.md', 'plot': out / 'results.png'}
-    paths['json'].write_text(json.dumps(result, indent=1, default=str))
-    paths['markdown'].write_text(markdown_table(result))
+    atomic_write_text(paths['json'], json.dumps(result, indent=1, default=str))
+    atomic_write_text(paths['markdown'], markdown_table(result))
     plot(result, paths['plot'])
     return paths

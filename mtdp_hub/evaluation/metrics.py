@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import MissingDependencyError
+
 METRICS = ('accuracy', 'roc_auc')
 
 
@@ -36,7 +38,7 @@ def roc_auc(y_true: Sequence[int], scores: Sequence[float]) -> float:
     try:
         from sklearn.metrics import roc_auc_score
     except ImportError as e:
-        raise ImportError('ROC AUC needs scikit-learn: pip install mtdp-hub[eval]') from e
+        raise MissingDependencyError('ROC AUC needs scikit-learn: pip install mtdp-hub[eval]') from e
     return float(roc_auc_score(y, s))
 
 

@@ -8,8 +8,11 @@ A spec is what a user types after ``--model``/``--models``:
 
 Weights are only ever loaded by ``timm.create_model(..., pretrained=True)``; this module then
 records where they came from: the weight file's SHA-256 when timm loaded a local file, the
-cached Hub snapshot's revision (and file hash) for Hub weights.
+cached Hub snapshot's revision (and file hash) for Hub weights. The eval preprocessing is the
+model's own (timm's ``resolve_data_config`` + ``create_transform``), for extraction, evaluation
+and the training driver's validation alike.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,10 +21,29 @@ import re
 from pathlib import Path
 from typing import Any
 
+import timm
+import timm.data
 import torch
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
-from mtdp_hub.weights import sha256_file
+from .. import models as _models  # noqa: F401  (registers mtdp_* with timm)
+from .._io import sha256_file
+from ..errors import InputNotFoundError, InvalidOptionError
+from ..version import __version__
+
+__all__ = [
+    'RANDOM_PREFIX',
+    'spec_slug',
+    'is_random',
+    'check_spec',
+    'load_backbone',
+    'data_config',
+    'eval_transform',
+    'weights_provenance',
+    'package_versions',
+    'model_identity',
+]
 
 RANDOM_PREFIX = 'random:'
 _PREPROCESS_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
@@ -36,15 +58,29 @@ def is_random(spec: str) -> bool:
     return spec.startswith(RANDOM_PREFIX)
 
 
+def check_spec(spec: str) -> None:
+    """Fail early, naming ``spec``, when it is no timm model name or its ``local-dir:`` folder is missing."""
+    if spec.startswith('hf-hub:'):
+        return
+    if spec.startswith('local-dir:'):
+        folder = Path(spec[len('local-dir:'):]).expanduser()
+        if not folder.is_dir():
+            raise InputNotFoundError(f'{spec}: no such folder {folder}')
+        return
+    arch = spec[len(RANDOM_PREFIX):] if is_random(spec) else spec
+    if not timm.is_model(arch.split('.', 1)[0]):
+        close = timm.list_models(f'*{arch.split(".", 1)[0][:8]}*')[:8]
+        hint = f' (similar names: {", ".join(close)})' if close else ''
+        raise InvalidOptionError(f'unknown model {spec!r}: not a timm model name, hf-hub:ORG/NAME, '
+                                 f'local-dir:PATH or random:ARCH{hint}')
+
+
 def load_backbone(spec: str, *, seed: int = 0) -> nn.Module:
     """Create the backbone named by ``spec`` with its classifier removed (pooled features out).
 
     ``seed`` only matters for ``random:`` specs (their initialisation).
     """
-    import timm
-
-    from mtdp_hub import models as _models  # noqa: F401  (registers mtdp_* with timm)
-
+    check_spec(spec)
     if is_random(spec):
         arch = spec[len(RANDOM_PREFIX):]
         with torch.random.fork_rng(devices=[]):
@@ -57,8 +93,6 @@ def load_backbone(spec: str, *, seed: int = 0) -> nn.Module:
 
 def data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]:
     """The model's own eval preprocessing (``timm.data.resolve_data_config``), optionally resized."""
-    import timm.data
-
     cfg = timm.data.resolve_data_config(model=model)
     if img_size is not None:
         cfg['input_size'] = (cfg['input_size'][0], int(img_size), int(img_size))
@@ -67,18 +101,12 @@ def data_config(model: nn.Module, img_size: int | None = None) -> dict[str, Any]
 
 def eval_transform(cfg: dict[str, Any]):
     """``timm.data.create_transform`` for ``cfg`` at eval time (resize, centre crop, normalise)."""
-    import timm.data
-
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
     return timm.data.create_transform(**kwargs, is_training=False)
 
 
 def _hub_snapshot(repo_id: str) -> tuple[str | None, str | None]:
     """(revision, file) of a cached Hub snapshot of ``repo_id`` (offline: looks in the cache only)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover
-        return None, None
     repo, _, revision = repo_id.partition('@')
     for name in ('model.safetensors', 'open_clip_model.safetensors', 'pytorch_model.bin'):
         found = try_to_load_from_cache(repo, name, revision=revision or None)
@@ -121,13 +149,7 @@ def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[st
 
 
 def package_versions() -> dict[str, str]:
-    import timm
-
-    try:
-        from mtdp_hub.version import __version__ as mtdp_version
-    except ImportError:  # pragma: no cover
-        mtdp_version = 'unknown'
-    return {'mtdp_hub': mtdp_version, 'torch': torch.__version__, 'timm': timm.__version__,
+    return {'mtdp_hub': __version__, 'torch': torch.__version__, 'timm': timm.__version__,
             'python': platform.python_version()}
 
 
@@ -135,16 +157,3 @@ def model_identity(spec: str, model: nn.Module) -> dict[str, Any]:
     cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
     tag = None if is_random(spec) else cfg.get('tag')  # a random init has no pretrained tag
     return {'model': spec, 'architecture': cfg.get('architecture'), 'tag': tag}
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    if device in (None, 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    return torch.device(device)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``None`` for fp32; bf16/fp16 for autocast. ``auto`` is fp16 on CUDA, fp32 elsewhere."""
-    if precision == 'auto':
-        precision = 'fp16' if device.type == 'cuda' else 'fp32'
-    return {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]

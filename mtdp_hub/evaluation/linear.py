@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mtdp_hub.transfer.metrics import score
+from ..errors import InvalidOptionError, MissingDependencyError, TaskFolderError
+from .metrics import score
 
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 10.0 ** np.arange(-10, 1))
 CLASSIFIERS = ('svm', 'logreg')
@@ -23,7 +24,7 @@ def _sklearn():
     try:
         import sklearn  # noqa: F401
     except ImportError as e:
-        raise ImportError('linear evaluation needs scikit-learn: pip install mtdp-hub[eval]') from e
+        raise MissingDependencyError('linear evaluation needs scikit-learn: pip install mtdp-hub[eval]') from e
 
 
 def grouped_folds(y: Sequence[int], groups: Sequence[str], n_splits: int = 5,
@@ -66,7 +67,7 @@ def make_classifier(kind: str, C: float, seed: int = 0):
         from sklearn.linear_model import LogisticRegression
 
         return LogisticRegression(C=C, max_iter=2000)
-    raise ValueError(f'classifier must be one of {CLASSIFIERS}, not {kind!r}')
+    raise InvalidOptionError(f'classifier must be one of {CLASSIFIERS}, not {kind!r}')
 
 
 def _outputs(clf, X: np.ndarray, n_classes: int) -> np.ndarray:
@@ -80,7 +81,7 @@ def _outputs(clf, X: np.ndarray, n_classes: int) -> np.ndarray:
     classes = np.asarray(clf.classes_)
     if n_classes == 2:
         if d.ndim != 1 or list(classes) != [0, 1]:
-            raise ValueError(f'binary task needs both labels 0 and 1 in training, got classes {classes}')
+            raise TaskFolderError(f'binary task needs both labels 0 and 1 in training, got classes {classes}')
         return d  # sklearn: positive score = classes_[1] = label 1
     out = np.full((len(X), n_classes), -np.inf)
     if d.ndim == 1:  # a multi-class task whose training part holds only two of its classes

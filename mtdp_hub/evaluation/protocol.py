@@ -1,16 +1,16 @@
 """Run the paper's evaluation of several backbones on one task, side by side.
 
 ``linear``: features of every split are extracted once per (model, seed-if-random) and cached
-under ``{out}/cache/`` (resumable :mod:`mtdp_hub.extract` files), so several classifiers and
+under ``{out}/cache/`` (resumable :mod:`mtdp_hub.features` files), so several classifiers and
 seeds reuse them; C is tuned by grouped CV on train+val, scored on test. ``finetune``: see
-:mod:`mtdp_hub.transfer.finetune`. Seeds change what is random: the initialisation of
+:mod:`mtdp_hub.evaluation.finetune`. Seeds change what is random: the initialisation of
 ``random:`` models, fine-tuning (head init, data order) and the CV fold shuffling.
 
 A fixed-weight backbone in ``linear`` mode is one deterministic model: its features are computed
 once and its seeds only reshuffle the CV folds (and the liblinear state), so its std is CV noise,
 not model variance. Every run records ``independent`` (True for ``random:`` models and for
 fine-tuning, False for a fixed backbone in linear mode); the report states each std's source and
-applies the significance rule described in :mod:`mtdp_hub.transfer.metrics`.
+applies the significance rule described in :mod:`mtdp_hub.evaluation.metrics`.
 """
 from __future__ import annotations
 
@@ -25,14 +25,26 @@ from typing import Any
 
 import numpy as np
 
-from mtdp_hub.extract import FeatureExtractor, extract_source, make_source, read_features
-from mtdp_hub.transfer.backbones import is_random, package_versions, spec_slug
-from mtdp_hub.transfer.finetune import FinetuneConfig, finetune
-from mtdp_hub.transfer.linear import C_GRID, fit_linear
-from mtdp_hub.transfer.report import SIGNIFICANCE_RULE, summarize, write_report
-from mtdp_hub.transfer.tasks import Task, group_id, load_task
+from ..errors import InvalidOptionError, TaskFolderError
+from ..features import FeatureExtractor, extract_source, make_source, read_features
+from ..features.specs import is_random, package_versions, spec_slug
+from ..tasks import Task, group_id, read_task_folder
+from .finetune import FinetuneConfig, finetune
+from .linear import C_GRID, fit_linear
+from .report import SIGNIFICANCE_RULE, summarize, write_report
+
+__all__ = ['MODES', 'evaluate', 'load_task', 'cached_features']
 
 MODES = ('linear', 'finetune')
+
+
+def load_task(root: str | os.PathLike, *, max_per_class: int | None = None) -> Task:
+    """An evaluation task: ``{root}/{train,test}/{class}/*`` with images (``val/`` optional)."""
+    task = read_task_folder(root, required=('train', 'test'), max_per_class=max_per_class)
+    empty = [s for s in ('train', 'test') if len(task.splits[s]) == 0]
+    if empty:
+        raise TaskFolderError(f'task {task.root}: split(s) {empty} hold no images')
+    return task
 
 
 def cached_features(task: Task, extractor: FeatureExtractor, cache_dir: Path,
@@ -71,7 +83,7 @@ def evaluate(task_root: str | os.PathLike, models: Sequence[str], *, modes: Sequ
     """Evaluate every model in every mode over seeds; writes the report under ``out`` and returns it."""
     bad = [m for m in modes if m not in MODES]
     if bad:
-        raise ValueError(f'unknown mode(s) {bad}; choose from {MODES}')
+        raise InvalidOptionError(f'unknown mode(s) {bad}; choose from {MODES}')
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     task = load_task(task_root, max_per_class=max_per_class)
     out = Path(out)

@@ -12,19 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from mtdp_hub.extract import (
+from mtdp_hub.cli.extract import add_cli
+from mtdp_hub.errors import UnreadableImageError
+from mtdp_hub.features import (
     FeatureExtractor,
-    add_cli,
     extract_features,
     extract_source,
     make_source,
     read_features,
 )
-from mtdp_hub.images import UnreadableImageError
+from tests.conftest import KATHER_ASSETS
 
 SHARED = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 CRC = SHARED / 'crc-he-5class'
-KATHER = SHARED / 'kather2016-texture-samples'
+KATHER = KATHER_ASSETS   # in the repository: these tests run on a plain clone
 FAST = dict(img_size=32, num_workers=0, progress=False, batch_size=8)
 MODEL = 'random:resnet18'
 
@@ -64,7 +65,6 @@ def test_crc_jpeg_shapes_order_labels(tmp_path):
     assert np.isfinite(ff.features).all() and len({f.tobytes() for f in ff.features}) == 10
 
 
-@_needs(KATHER)
 def test_kather_tiff_shapes_order_labels_parquet(tmp_path):
     extract_features(MODEL, KATHER, tmp_path / 'f.parquet', **FAST)
     ff = read_features(tmp_path / 'f.parquet')
@@ -77,7 +77,6 @@ def test_kather_tiff_shapes_order_labels_parquet(tmp_path):
     np.testing.assert_array_equal(read_features(tmp_path / 'f.safetensors').features, ff.features)
 
 
-@_needs(KATHER)
 def test_resume_skips_done_and_matches_single_run(tmp_path):
     rels = _link_subset(KATHER, tmp_path / 'in', per_class=3)
     first = rels[:9]

@@ -1,15 +1,16 @@
 """``mtdp evaluate``: the paper's transfer protocol for several backbones, side by side."""
+
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from mtdp_hub.transfer.finetune import LR_GRID
+from ..evaluation import MODES, evaluate
+from ..evaluation.finetune import LR_GRID, FinetuneConfig
+from .options import add_extraction_options
 
 
-def _run_cli(args: argparse.Namespace) -> int:
-    from mtdp_hub.transfer.evaluate import evaluate
-    from mtdp_hub.transfer.finetune import FinetuneConfig
-
+def _run(args: argparse.Namespace) -> int:
     ft = FinetuneConfig(epochs=args.epochs, lrs=tuple(args.lrs), batch_size=args.ft_batch_size,
                         optimizer=args.optimizer, img_size=args.img_size, device=args.device,
                         precision=args.precision, num_workers=args.workers if args.workers is not None else 4,
@@ -20,14 +21,14 @@ def _run_cli(args: argparse.Namespace) -> int:
                       img_size=args.img_size, batch_size=args.batch_size, num_workers=args.workers,
                       device=args.device, precision=args.precision, max_per_class=args.max_per_class,
                       finetune_cfg=ft, progress=not args.no_progress)
-    print(open(result['files']['markdown']).read())
+    print(Path(result['files']['markdown']).read_text())
     print('report: ' + ', '.join(result['files'].values()))
     return 0
 
 
-def add_cli(subparsers) -> argparse.ArgumentParser:
+def add_cli(sub) -> argparse.ArgumentParser:
     """Add ``mtdp evaluate`` to an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
+    p = sub.add_parser(
         'evaluate', help="compare backbones on a task with the paper's protocol (linear SVM / fine-tuning)",
         description='Task folder layout: {task}/{train,val,test}/{class}/*, val optional; the group id '
                     '(patient/slide) is the file-name prefix before the first "_".')
@@ -35,28 +36,20 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument('--models', nargs='+', required=True,
                    help='model specs; the first is the reference for significance marks '
                         '(timm name, hf-hub:ORG/NAME, local-dir:PATH, random:ARCH)')
-    p.add_argument('--mode', nargs='+', default=['linear'], choices=['linear', 'finetune'])
+    p.add_argument('--mode', nargs='+', default=['linear'], choices=list(MODES))
     p.add_argument('--seeds', type=int, default=5, help='number of seeds (0..N-1)')
     p.add_argument('--seed-list', type=int, nargs='+', default=None, help='explicit seeds instead of --seeds')
     p.add_argument('--out', required=True, help='report folder (features cached under OUT/cache)')
+    p.add_argument('--max-per-class', type=int, default=None, help='use the first N images per class and split')
+    add_extraction_options(p.add_argument_group('features (both modes)'))
     g = p.add_argument_group('linear mode')
     g.add_argument('--classifier', default='svm', choices=['svm', 'logreg'])
     g.add_argument('--cv-folds', type=int, default=5)
-    g.add_argument('--layer', default='pooled', help="'pooled', 'trunc' or a stage index")
-    g.add_argument('--tta', default='none', choices=['none', 'flip3', 'flip4'])
-    g.add_argument('--batch-size', type=int, default=64, help='extraction batch size')
     g = p.add_argument_group('finetune mode')
     g.add_argument('--epochs', type=int, default=100)
     g.add_argument('--lrs', type=float, nargs='+', default=list(LR_GRID))
     g.add_argument('--optimizer', default='sgd', choices=['sgd', 'adam'])
     g.add_argument('--ft-batch-size', type=int, default=32)
     g.add_argument('--max-steps-per-epoch', type=int, default=None)
-    g = p.add_argument_group('both')
-    g.add_argument('--img-size', type=int, default=None, help="override the model's input size")
-    g.add_argument('--device', default='auto')
-    g.add_argument('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
-    g.add_argument('--workers', type=int, default=None)
-    g.add_argument('--max-per-class', type=int, default=None, help='use the first N images per class and split')
-    g.add_argument('--no-progress', action='store_true')
-    p.set_defaults(func=_run_cli)
+    p.set_defaults(func=_run)
     return p

@@ -5,7 +5,8 @@ Speed itself is measured by the scripts (figures in BENCHMARKS.md), never assert
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import copy
+import importlib
 import io
 import json
 import os
@@ -15,17 +16,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / 'benchmarks'
+ROOT = Path(__file__).resolve().parents[2]
 CRC = ROOT.parent / 'shared' / 'data' / 'crc-he-5class'
 SCRIPTS = ['multitask_overhead', 'data_pipeline', 'extraction', 'weight_loading', 'gpu']
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f'bench_{name}', BENCH / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f'benchmarks.{name}')
 
 
 def _run(name: str, argv: list[str]) -> dict:
@@ -54,7 +51,6 @@ def test_help(name, capsys):
     assert 'usage:' in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_multitask_overhead_tiny():
     d = _run('multitask_overhead', ['--arch', 'resnet18', '--img-size', '32', '--batch-size', '4', '--rounds', '2',
                                     '--steps-per-round', '1', '--device', 'cpu', '--threads', '1'])
@@ -62,7 +58,6 @@ def test_multitask_overhead_tiny():
     _positive(d, ['multitask_img_per_s', 'single_head_img_per_s', 'ratio', 'ratio_of_medians', 'ratio_of_best'])
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not CRC.is_dir(), reason=f'shared data {CRC} absent')
 def test_data_pipeline_tiny():
     d = _run('data_pipeline', ['--sizes', '112', '--images-per-round', '8', '--rounds', '1'])
@@ -71,7 +66,6 @@ def test_data_pipeline_tiny():
                   'project_vs_torchvision'])
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not CRC.is_dir(), reason=f'shared data {CRC} absent')
 def test_extraction_tiny():
     d = _run('extraction', ['--model', 'random:resnet18', '--images', '4', '--batch-size', '2', '--img-size', '32',
@@ -82,10 +76,10 @@ def test_extraction_tiny():
 
 @pytest.mark.slow
 def test_gpu_script_smoke_on_cpu():
-    """As on the GPU machine: run from the repo root with PYTHONPATH=. (the package is not installed there)."""
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    """As on the GPU machine: ``python -m benchmarks.gpu`` from the repo root (the package is not installed there)."""
+    env = dict(os.environ)
     env.pop('OUT', None)
-    proc = subprocess.run([sys.executable, 'benchmarks/gpu.py', '--device', 'cpu', '--smoke'], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, '-m', 'benchmarks.gpu', '--device', 'cpu', '--smoke'], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
@@ -104,40 +98,27 @@ def test_gpu_script_smoke_on_cpu():
     assert 'resnet50_e2e_img_per_s' in summary['targets']
 
 
-def test_vectorised_heads_match_routed_heads():
-    """The heads proposed for training/ (one matmul + gather, foreach rescale) compute the same function."""
+def test_overhead_benchmark_times_the_training_step_itself():
+    """The multi-task variant is the driver's TrainStep: one benchmark step == one TrainStep on a copy."""
+    import timm
     import torch
-    from torch import nn
 
     from training.model import MultiTaskNet
-    from training.recipe import multitask_loss, rescale_head_grads, task_counts
+    from training.recipe import sgd
+    from training.step import TrainStep
 
     mo = _load('multitask_overhead')
-
-    class FeaturesIn(nn.Module):
-        num_features = 16
-
-        def forward(self, x):
-            return x
-
     torch.manual_seed(0)
-    tasks = {'a': 3, 'b': 2, 'c': 5, 'absent': 4}
-    model = MultiTaskNet(FeaturesIn(), tasks)
-    model._gather_index = mo.head_gather_index(model.num_classes)
-    f = torch.randn(12, 16)
-    t = torch.tensor([0, 1, 2] * 4)
-    y = torch.tensor([2, 1, 4, 0, 0, 3, 1, 1, 0, 2, 1, 2])
-    reference = model(f, t)
-    vectorised = mo.vectorised_head_logits(model, f, t)
-    assert torch.equal(torch.isinf(reference), torch.isinf(vectorised))
-    torch.testing.assert_close(vectorised, reference)
-    grads = []
-    for logits_fn, rescale in ((lambda: model(f, t), rescale_head_grads),
-                               (lambda: mo.vectorised_head_logits(model, f, t), mo.foreach_rescale_head_grads)):
-        model.zero_grad(set_to_none=False)
-        multitask_loss(logits_fn(), y).backward()
-        rescale(model, task_counts(t, len(tasks)), len(t))
-        grads.append([p.grad.clone() for p in model.heads.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a)
-    assert model.heads['absent'].weight.grad.abs().sum() == 0
+    backbone = timm.create_model('test_resnet', num_classes=0)
+    tasks = mo.task_sizes(4)
+    batch = mo.synthetic_batch(6, 32, list(tasks.values()), torch.device('cpu'), channels_last=False)
+    initial = copy.deepcopy(backbone.state_dict())
+    torch.manual_seed(1)   # the same initial heads for both
+    reference = MultiTaskNet(copy.deepcopy(backbone), tasks).train()
+    torch.manual_seed(1)
+    setup = mo.multitask_setup(backbone, tasks, batch)
+    assert setup() == 6
+    TrainStep(reference, sgd(reference, 1e-3), device=torch.device('cpu'), amp_dtype=None)(*batch)
+    for (name, a), b in zip(setup.model.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+    assert not torch.equal(setup.model.backbone.state_dict()['conv1.0.weight'], initial['conv1.0.weight'])

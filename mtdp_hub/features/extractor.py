@@ -1,0 +1,90 @@
+"""The model side of extraction: a backbone with its preprocessing, layer, TTA, device and precision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import InvalidOptionError
+from .runtime import autocast, autocast_dtype, pick_device, precision_name
+from .specs import (
+    data_config,
+    eval_transform,
+    load_backbone,
+    model_identity,
+    package_versions,
+    weights_provenance,
+)
+
+__all__ = ['FeatureExtractor', 'TTA_VIEWS', 'LAYERS_HELP']
+
+TTA_VIEWS = {'none': 1, 'flip3': 3, 'flip4': 4}
+LAYERS_HELP = "'pooled' (final pooled features), 'trunc' (stage before last, pooled: ResNet50 layer3 -> 1024-d, as CLAM) or a stage index"
+
+
+class FeatureExtractor:
+    """A backbone with its preprocessing, the chosen layer, TTA flips, device and precision.
+
+    layer: ``'pooled'`` (the model's pooled final features), ``'trunc'`` (the stage before the last,
+    average pooled: layer3 of a ResNet50 -> 1024-d, as CLAM), or a stage index into ``feature_info``.
+    tta: ``'none'``, ``'flip3'`` (identity, h-flip, v-flip) or ``'flip4'`` (+ both), averaged.
+    """
+
+    def __init__(self, spec: str, *, seed: int = 0, layer: str = 'pooled', tta: str = 'none',
+                 img_size: int | None = None, device: str | None = 'auto', precision: str = 'auto',
+                 channels_last: bool | None = None, model: torch.nn.Module | None = None):
+        if tta not in TTA_VIEWS:
+            raise InvalidOptionError(f'tta must be one of {sorted(TTA_VIEWS)}, not {tta!r}')
+        self.spec, self.seed, self.layer, self.tta = spec, seed, str(layer), tta
+        self.device = pick_device(device)
+        self.amp_dtype = autocast_dtype(precision, self.device)
+        self.model = (model if model is not None else load_backbone(spec, seed=seed)).eval().to(self.device)
+        self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.stage = self._stage_index()
+        self.data_config = data_config(self.model, img_size)
+        self.transform = eval_transform(self.data_config)
+
+    def _stage_index(self) -> int | None:
+        if self.layer == 'pooled':
+            return None
+        n = len(getattr(self.model, 'feature_info', []) or [])
+        if not hasattr(self.model, 'forward_intermediates') or n == 0:
+            raise InvalidOptionError(f'{self.spec} does not expose intermediate stages (layer={self.layer!r})')
+        if self.layer == 'trunc':
+            return n - 2
+        try:
+            idx = int(self.layer)
+        except ValueError:
+            raise InvalidOptionError(f"layer must be 'pooled', 'trunc' or a stage index, not {self.layer!r}") from None
+        if not -n <= idx < n:
+            raise InvalidOptionError(f'stage index {idx} out of range for {self.spec} ({n} stages)')
+        return idx % n
+
+    def provenance(self) -> dict[str, Any]:
+        prov = model_identity(self.spec, self.model)
+        prov.update(weights=weights_provenance(self.spec, self.model, seed=self.seed),
+                    preprocessing=self.data_config, layer=self.layer, tta=self.tta,
+                    precision=precision_name(self.amp_dtype),
+                    feature_dtype='float32', versions=package_versions())
+        return prov
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stage is None:
+            return self.model(x)
+        feats = self.model.forward_intermediates(x, indices=[self.stage], intermediates_only=True,
+                                                 stop_early=True)[0]
+        return feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.mean(dim=1)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (float32, on CPU) of a normalised batch ``x`` (N, 3, H, W)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        views = [x, x.flip(3), x.flip(2), x.flip((2, 3))][:TTA_VIEWS[self.tta]]
+        with autocast(self.device, self.amp_dtype):
+            out = sum(self._forward(v).float() for v in views) / len(views)
+        return out.float().cpu()

@@ -1,0 +1,83 @@
+"""Where and in what precision models run: the one device choice and precision policy.
+
+Used by extraction, evaluation (fine-tuning) and the training driver alike, so ``'auto'`` means
+the same everywhere: bf16 autocast on a CUDA device that supports it (fp16 on older cards, with
+a gradient scaler when training), float32 on the CPU (where bf16 is emulated and slow).
+``'fp32'`` (alias ``'none'``) turns autocast off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+from ..errors import InvalidOptionError
+
+__all__ = [
+    'PRECISIONS',
+    'pick_device',
+    'autocast_dtype',
+    'precision_name',
+    'autocast',
+    'grad_scaler',
+    'optimizer_step',
+]
+
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
+_DTYPES = {'fp32': None, 'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``'auto'`` / ``None``: the first CUDA device when there is one, else the CPU."""
+    if device in (None, 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(device)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``; ``None`` means float32 (no autocast)."""
+    if precision == 'auto':
+        if device.type != 'cuda':
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in _DTYPES:
+        raise InvalidOptionError(f'precision must be one of {", ".join(PRECISIONS)}, not {precision!r}')
+    return _DTYPES[precision]
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``'bf16'``, ``'fp16'`` or ``'float32'`` (as recorded in provenance)."""
+    return {torch.bfloat16: 'bfloat16', torch.float16: 'float16'}.get(dtype, 'float32')
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype``, or a no-op context for float32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A gradient scaler that is active only for fp16 (bf16 and fp32 need none)."""
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    before_step: Callable[[], None] | None = None,
+) -> None:
+    """Backward and update: zero grads, (scaled) backward, unscale, ``before_step()``, step, scaler update.
+
+    ``before_step`` sees the true (unscaled) gradients, e.g. to rescale some of them.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if before_step is not None:
+        scaler.unscale_(optimizer)
+        before_step()
+    scaler.step(optimizer)
+    scaler.update()
