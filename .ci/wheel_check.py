@@ -28,11 +28,15 @@ for name, dim in (('mtdp_resnet50', 2048), ('mtdp_densenet121', 1024)):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, dim), name
 with tempfile.TemporaryDirectory() as tmp:
-    out = export_folder(timm.create_model('mtdp_resnet50'), Path(tmp) / 'export', model_name='mtdp_resnet50.mtdp22')
+    out = export_folder(
+        timm.create_model('mtdp_resnet50'), Path(tmp) / 'export', model_name='mtdp_resnet50.mtdp22'
+    )
     card = (out / 'README.md').read_text()
     config = json.loads((out / 'config.json').read_text())
 missing = [s for s in ('## Results (from the paper', '## Limitations', 'Camelyon16') if s not in card]
-assert not missing and '<!-- include' not in card, f'exported card lacks {missing} or has an unresolved include'
+assert not missing and '<!-- include' not in card, (
+    f'exported card lacks {missing} or has an unresolved include'
+)
 assert config['architecture'] == 'resnet50'
 print(f'wheel OK: mtdp_hub {mtdp_hub.__version__} from {where.parent}; card {len(card)} characters')
 sys.exit(0)

@@ -16,6 +16,7 @@ with N workers scales this by about N while cores last):
     ``Image.draft`` so the JPEG decoder downscales by 1/2, 1/4 or 1/8 while decoding.
 Target: >= 1,000 img/s per core for the project's path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,16 @@ class RandomMaxSquareCrop:
 
 
 def torchvision_baseline(root: Path, size: int) -> torchvision.datasets.ImageFolder:
-    tf = T.Compose([RandomMaxSquareCrop(), T.Resize((size, size)), T.RandomHorizontalFlip(),
-                    T.RandomVerticalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    tf = T.Compose(
+        [
+            RandomMaxSquareCrop(),
+            T.Resize((size, size)),
+            T.RandomHorizontalFlip(),
+            T.RandomVerticalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     return torchvision.datasets.ImageFolder(str(root / 'train'), transform=tf)
 
 
@@ -73,7 +82,7 @@ def tensor_uint8(path: str, size: int, g: torch.Generator) -> torch.Tensor:
     side = min(w, h)
     x0 = int(torch.randint(0, w - side + 1, (1,), generator=g))
     y0 = int(torch.randint(0, h - side + 1, (1,), generator=g))
-    x = x[:, y0:y0 + side, x0:x0 + side]
+    x = x[:, y0 : y0 + side, x0 : x0 + side]
     if side != size:
         x = F2.resize(x, [size, size], antialias=True)
     flips = torch.rand(2, generator=g)
@@ -103,6 +112,7 @@ def measure_size(pool, root: Path, paths: list[str], size: int, n: int, rounds: 
             for j in take():
                 fn(j)
             return n
+
         return go
 
     variants = {
@@ -125,7 +135,9 @@ def measure_size(pool, root: Path, paths: list[str], size: int, n: int, rounds: 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('--data', default=str(DEFAULT_DATA), help='ImageFolder root with train/{class}/*.jpg')
     parser.add_argument('--sizes', type=int, nargs='+', default=[224, 112], help='output sizes to measure')
     parser.add_argument('--images-per-round', type=int, default=200)
@@ -143,9 +155,20 @@ def main(argv=None) -> int:
     paths = [str(p) for p in pool.tasks[0].splits['train'].items]
     for size in args.sizes:
         results[f'size_{size}'] = measure_size(pool, root, paths, size, args.images_per_round, args.rounds)
-    emit({'benchmark': 'data_pipeline', 'data': str(root), 'n_images': len(paths), 'threads': args.threads,
-          'images_per_round': n, 'rounds': args.rounds, 'pid_cpu_affinity': len(os.sched_getaffinity(0)),
-          'wall_s': round(time.perf_counter() - t0, 1), **results}, args.json)
+    emit(
+        {
+            'benchmark': 'data_pipeline',
+            'data': str(root),
+            'n_images': len(paths),
+            'threads': args.threads,
+            'images_per_round': n,
+            'rounds': args.rounds,
+            'pid_cpu_affinity': len(os.sched_getaffinity(0)),
+            'wall_s': round(time.perf_counter() - t0, 1),
+            **results,
+        },
+        args.json,
+    )
     return 0
 
 

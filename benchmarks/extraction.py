@@ -11,6 +11,7 @@ The figure is the median of the per-round ratios extract/forward. Target: >= 0.9
 Model start-up (weights, DataLoader set-up of the first batch) is part of ``extract``'s round, as
 it is part of a real run; use enough images per round that it is small.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,20 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'crc-he
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--model', default='random:mtdp_resnet50',
-                        help='model spec as for mtdp extract (random:ARCH needs no weights)')
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        '--model',
+        default='random:mtdp_resnet50',
+        help='model spec as for mtdp extract (random:ARCH needs no weights)',
+    )
     parser.add_argument('--data', default=str(DEFAULT_DATA), help='folder of images (recursive)')
     parser.add_argument('--images', type=int, default=256, help='images per round')
     parser.add_argument('--batch-size', type=int, default=64)
-    parser.add_argument('--workers', type=int, default=None, help='DataLoader workers (default: as mtdp extract)')
+    parser.add_argument(
+        '--workers', type=int, default=None, help='DataLoader workers (default: as mtdp extract)'
+    )
     parser.add_argument('--img-size', type=int, default=None)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--precision', default='auto', choices=['auto', 'fp32', 'bf16', 'fp16'])
@@ -50,12 +58,17 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [str(p) for p in find_images(Path(args.data))]
-    paths = (paths * (args.images // max(len(paths), 1) + 1))[:args.images]
+    paths = (paths * (args.images // max(len(paths), 1) + 1))[: args.images]
     source = make_source(paths, labels=True)
-    extractor = FeatureExtractor(args.model, img_size=args.img_size, device=args.device, precision=args.precision)
-    preloaded = [torch.stack([extractor.transform(source.open(i)) for i in range(s, min(s + args.batch_size,
-                                                                                         len(paths)))])
-                 for s in range(0, len(paths), args.batch_size)]
+    extractor = FeatureExtractor(
+        args.model, img_size=args.img_size, device=args.device, precision=args.precision
+    )
+    preloaded = [
+        torch.stack(
+            [extractor.transform(source.open(i)) for i in range(s, min(s + args.batch_size, len(paths)))]
+        )
+        for s in range(0, len(paths), args.batch_size)
+    ]
     device = extractor.device
     memory_format = torch.channels_last if extractor.channels_last else torch.contiguous_format
     preloaded = [x.to(device, memory_format=memory_format) for x in preloaded]
@@ -65,8 +78,15 @@ def main(argv=None) -> int:
         out = Path(tmp) / 'features.safetensors'
 
         def extract() -> int:
-            stats = extract_source(extractor, source, out, batch_size=args.batch_size, num_workers=args.workers,
-                                   overwrite=True, progress=False)
+            stats = extract_source(
+                extractor,
+                source,
+                out,
+                batch_size=args.batch_size,
+                num_workers=args.workers,
+                overwrite=True,
+                progress=False,
+            )
             stats_seen.append({k: stats[k] for k in ('n_new', 'img_per_s', 'seconds')})
             return stats['n_new']
 
@@ -78,18 +98,32 @@ def main(argv=None) -> int:
             return len(paths)
 
         t0 = time.perf_counter()
-        rates = interleaved_rates({'extract': extract, 'forward': forward}, rounds=args.rounds, warmup=1,
-                                  device=device)
+        rates = interleaved_rates(
+            {'extract': extract, 'forward': forward}, rounds=args.rounds, warmup=1, device=device
+        )
     r = ratios(rates, 'extract', 'forward')
-    emit({'benchmark': 'extraction', 'model': args.model, 'images_per_round': len(paths),
-          'batch_size': args.batch_size, 'workers': args.workers, 'device': str(device),
-          'precision': str(extractor.amp_dtype).replace('torch.', '') if extractor.amp_dtype else 'fp32',
-          'channels_last': extractor.channels_last, 'input_size': extractor.data_config['input_size'],
-          'extract_img_per_s': round(rates['extract']['median'], 2),
-          'forward_img_per_s': round(rates['forward']['median'], 2),
-          **r, 'target_ratio': 0.90, 'target_met': r['ratio'] >= 0.90,
-          'extract_loop_img_per_s_reported': [s['img_per_s'] for s in stats_seen],
-          'wall_s': round(time.perf_counter() - t0, 1), 'rates': rates}, args.json)
+    emit(
+        {
+            'benchmark': 'extraction',
+            'model': args.model,
+            'images_per_round': len(paths),
+            'batch_size': args.batch_size,
+            'workers': args.workers,
+            'device': str(device),
+            'precision': str(extractor.amp_dtype).replace('torch.', '') if extractor.amp_dtype else 'fp32',
+            'channels_last': extractor.channels_last,
+            'input_size': extractor.data_config['input_size'],
+            'extract_img_per_s': round(rates['extract']['median'], 2),
+            'forward_img_per_s': round(rates['forward']['median'], 2),
+            **r,
+            'target_ratio': 0.90,
+            'target_met': r['ratio'] >= 0.90,
+            'extract_loop_img_per_s_reported': [s['img_per_s'] for s in stats_seen],
+            'wall_s': round(time.perf_counter() - t0, 1),
+            'rates': rates,
+        },
+        args.json,
+    )
     return 0
 
 

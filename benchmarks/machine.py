@@ -1,4 +1,5 @@
 """What a benchmark ran on, recorded with every result."""
+
 from __future__ import annotations
 
 import datetime
@@ -26,7 +27,9 @@ def machine_info() -> dict[str, Any]:
     info = {
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'cpu': cpu_model(),
-        'cores_available': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
+        'cores_available': len(os.sched_getaffinity(0))
+        if hasattr(os, 'sched_getaffinity')
+        else os.cpu_count(),
         'torch_threads': torch.get_num_threads(),
         'python': sys.version.split()[0],
         'torch': torch.__version__,
@@ -34,6 +37,7 @@ def machine_info() -> dict[str, Any]:
     }
     try:
         import timm
+
         info['timm'] = timm.__version__
     except ImportError:
         pass

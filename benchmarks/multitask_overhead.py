@@ -51,8 +51,9 @@ def fused_available(device: torch.device) -> bool:
         return False
 
 
-def synthetic_batch(batch: int, size: int, classes: list[int], device: torch.device, channels_last: bool,
-                    seed: int = 0):
+def synthetic_batch(
+    batch: int, size: int, classes: list[int], device: torch.device, channels_last: bool, seed: int = 0
+):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=g)
     t = torch.randint(0, len(classes), (batch,), generator=g)
@@ -72,8 +73,15 @@ class Setup:
         return self.batch
 
 
-def multitask_setup(backbone: nn.Module, tasks: dict[str, int], batch, lr: float = 1e-3, amp_dtype=None,
-                    compile_model: bool = False, fused: bool = False) -> Setup:
+def multitask_setup(
+    backbone: nn.Module,
+    tasks: dict[str, int],
+    batch,
+    lr: float = 1e-3,
+    amp_dtype=None,
+    compile_model: bool = False,
+    fused: bool = False,
+) -> Setup:
     """The training driver's step (:class:`training.step.TrainStep`) on a fixed batch."""
     x, y, t = batch
     model = MultiTaskNet(backbone, tasks).to(x.device, memory_format=_memory_format(x)).train()
@@ -93,8 +101,15 @@ class SingleHeadNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def single_head_setup(backbone: nn.Module, num_classes: int, batch, lr: float = 1e-3, amp_dtype=None,
-                      compile_model: bool = False, fused: bool = False) -> Setup:
+def single_head_setup(
+    backbone: nn.Module,
+    num_classes: int,
+    batch,
+    lr: float = 1e-3,
+    amp_dtype=None,
+    compile_model: bool = False,
+    fused: bool = False,
+) -> Setup:
     """Baseline: the same backbone, one linear head, plain cross-entropy, SGD momentum 0.9."""
     x, y, _ = batch
     device = x.device
@@ -118,19 +133,24 @@ class FeaturesIn(nn.Module):
     def __init__(self, num_features: int):
         super().__init__()
         self.num_features = num_features
-        self.scale = nn.Parameter(torch.ones(()))   # one parameter, so the optimizer has a backbone group
+        self.scale = nn.Parameter(torch.ones(()))  # one parameter, so the optimizer has a backbone group
 
     def forward(self, x):
         return x * self.scale
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+    return (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         else torch.contiguous_format
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('--arch', default='resnet50', help='timm architecture (resnet50, densenet121, ...)')
     parser.add_argument('--tasks', type=int, default=22, help='number of tasks T (class counts of the paper)')
     parser.add_argument('--batch-size', type=int, default=64)
@@ -139,20 +159,32 @@ def main(argv=None) -> int:
     parser.add_argument('--steps-per-round', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds per variant first')
     parser.add_argument('--device', default='auto')
-    parser.add_argument('--amp', default='auto', choices=['auto', 'bf16', 'none'],
-                        help='autocast dtype (auto: bf16 on CUDA, none on CPU)')
+    parser.add_argument(
+        '--amp',
+        default='auto',
+        choices=['auto', 'bf16', 'none'],
+        help='autocast dtype (auto: bf16 on CUDA, none on CPU)',
+    )
     parser.add_argument('--channels-last', default='auto', choices=['auto', 'yes', 'no'])
     parser.add_argument('--compile', action='store_true', help='torch.compile both models')
-    parser.add_argument('--heads-only', action='store_true',
-                        help='no backbone: (B, num_features) random features in, to time the head part alone')
+    parser.add_argument(
+        '--heads-only',
+        action='store_true',
+        help='no backbone: (B, num_features) random features in, to time the head part alone',
+    )
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--json', default=None, help='also write the result here')
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device('cuda' if args.device == 'auto' and torch.cuda.is_available() else
-                          'cpu' if args.device == 'auto' else args.device)
+    device = torch.device(
+        'cuda'
+        if args.device == 'auto' and torch.cuda.is_available()
+        else 'cpu'
+        if args.device == 'auto'
+        else args.device
+    )
     cuda = device.type == 'cuda'
     amp_dtype = torch.bfloat16 if args.amp == 'bf16' or (args.amp == 'auto' and cuda) else None
     channels_last = args.channels_last == 'yes' or (args.channels_last == 'auto' and cuda)
@@ -173,20 +205,42 @@ def main(argv=None) -> int:
     def rounds_of(setup: Setup):
         def run() -> int:
             return sum(setup() for _ in range(args.steps_per_round))
+
         return run
 
     t0 = time.perf_counter()
-    rates = interleaved_rates({'multitask': rounds_of(multi), 'single_head': rounds_of(single)},
-                              rounds=args.rounds, warmup=args.warmup, device=device)
+    rates = interleaved_rates(
+        {'multitask': rounds_of(multi), 'single_head': rounds_of(single)},
+        rounds=args.rounds,
+        warmup=args.warmup,
+        device=device,
+    )
     r = ratios(rates, 'multitask', 'single_head')
-    emit({'benchmark': 'multitask_overhead', 'arch': args.arch, 'tasks': args.tasks,
-          'batch_size': args.batch_size, 'img_size': args.img_size, 'device': str(device),
-          'amp': str(amp_dtype).replace('torch.', '') if amp_dtype else 'none', 'channels_last': channels_last,
-          'compile': args.compile, 'fused_sgd': fused, 'rounds': args.rounds, 'steps_per_round': args.steps_per_round,
-          'multitask_img_per_s': round(rates['multitask']['median'], 2),
-          'single_head_img_per_s': round(rates['single_head']['median'], 2),
-          **r, 'target_ratio': 0.97, 'target_met': r['ratio'] >= 0.97, 'heads_only': args.heads_only,
-          'wall_s': round(time.perf_counter() - t0, 1), 'rates': rates}, args.json)
+    emit(
+        {
+            'benchmark': 'multitask_overhead',
+            'arch': args.arch,
+            'tasks': args.tasks,
+            'batch_size': args.batch_size,
+            'img_size': args.img_size,
+            'device': str(device),
+            'amp': str(amp_dtype).replace('torch.', '') if amp_dtype else 'none',
+            'channels_last': channels_last,
+            'compile': args.compile,
+            'fused_sgd': fused,
+            'rounds': args.rounds,
+            'steps_per_round': args.steps_per_round,
+            'multitask_img_per_s': round(rates['multitask']['median'], 2),
+            'single_head_img_per_s': round(rates['single_head']['median'], 2),
+            **r,
+            'target_ratio': 0.97,
+            'target_met': r['ratio'] >= 0.97,
+            'heads_only': args.heads_only,
+            'wall_s': round(time.perf_counter() - t0, 1),
+            'rates': rates,
+        },
+        args.json,
+    )
     return 0
 
 

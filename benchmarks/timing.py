@@ -4,6 +4,7 @@ Interleaving makes a slow spell of a shared machine hit every variant alike, so 
 even when the absolute figures drift. Rounds should be short (a step or two) so that bursts of
 load from other processes land on few rounds; :func:`ratios` gives the robust ratios.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,8 +19,13 @@ def sync(device: torch.device | str | None) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_rates(variants: dict[str, Callable[[], int]], rounds: int, warmup: int = 1,
-                      device: torch.device | str | None = None, deadline: float | None = None) -> dict[str, dict]:
+def interleaved_rates(
+    variants: dict[str, Callable[[], int]],
+    rounds: int,
+    warmup: int = 1,
+    device: torch.device | str | None = None,
+    deadline: float | None = None,
+) -> dict[str, dict]:
     """Run each variant ``warmup`` times, then ``rounds`` times in turn; per-round items/s.
 
     A variant returns the number of items (images) it processed. Returns, per variant, the
@@ -40,8 +46,16 @@ def interleaved_rates(variants: dict[str, Callable[[], int]], rounds: int, warmu
             rates[name].append(n / (time.perf_counter() - start))
         if deadline is not None and time.perf_counter() > deadline:
             break
-    return {name: {'median': statistics.median(v), 'min': min(v), 'max': max(v), 'rounds': len(v),
-                   'per_round': [round(x, 2) for x in v]} for name, v in rates.items()}
+    return {
+        name: {
+            'median': statistics.median(v),
+            'min': min(v),
+            'max': max(v),
+            'rounds': len(v),
+            'per_round': [round(x, 2) for x in v],
+        }
+        for name, v in rates.items()
+    }
 
 
 def ratios(rates: dict[str, dict], a: str, b: str) -> dict[str, float]:
@@ -49,6 +63,8 @@ def ratios(rates: dict[str, dict], a: str, b: str) -> dict[str, float]:
     back to back, so a burst of load from other processes that spans the pair cancels), ratio of
     the medians, and ratio of the best rounds (the least disturbed run of each)."""
     paired = [x / y for x, y in zip(rates[a]['per_round'], rates[b]['per_round'])]
-    return {'ratio': round(statistics.median(paired), 4),
-            'ratio_of_medians': round(rates[a]['median'] / rates[b]['median'], 4),
-            'ratio_of_best': round(rates[a]['max'] / rates[b]['max'], 4)}
+    return {
+        'ratio': round(statistics.median(paired), 4),
+        'ratio_of_medians': round(rates[a]['median'] / rates[b]['median'], 4),
+        'ratio_of_best': round(rates[a]['max'] / rates[b]['max'], 4),
+    }

@@ -7,6 +7,7 @@ it once with ``mtdp convert``, then times, alternating in one process:
     (pickle read with weights_only=True + key remapping)
   - ``torch.load(<.pth>, weights_only=True)`` alone, and ``safetensors.torch.load_file`` alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument('--arch', default='mtdp_resnet50', choices=['mtdp_resnet50', 'mtdp_densenet121'])
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--json', default=None, help='also write the result here')
@@ -61,7 +64,8 @@ def main(argv=None) -> int:
         runs = {
             'create_model_safetensors_s': lambda: timm.create_model(f'local-dir:{folder}', pretrained=True),
             'create_model_original_pth_s': lambda: timm.create_model(
-                args.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(pth))),
+                args.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(pth))
+            ),
             'read_safetensors_s': lambda: load_file(str(folder / 'model.safetensors')),
             'read_pth_weights_only_s': lambda: torch.load(pth, map_location='cpu', weights_only=True),
         }
@@ -71,12 +75,19 @@ def main(argv=None) -> int:
         for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
             for name, fn in runs.items():
                 samples[name] += timed(fn, 1)
-        sizes = {'pth_mb': pth.stat().st_size / 2**20,
-                 'safetensors_mb': (folder / 'model.safetensors').stat().st_size / 2**20}
+        sizes = {
+            'pth_mb': pth.stat().st_size / 2**20,
+            'safetensors_mb': (folder / 'model.safetensors').stat().st_size / 2**20,
+        }
     result = {name: statistics.median(v) for name, v in samples.items()}
-    result['speedup_create_model'] = result['create_model_original_pth_s'] / result['create_model_safetensors_s']
+    result['speedup_create_model'] = (
+        result['create_model_original_pth_s'] / result['create_model_safetensors_s']
+    )
     result['speedup_read'] = result['read_pth_weights_only_s'] / result['read_safetensors_s']
-    emit({'benchmark': 'weight_loading', 'arch': args.arch, 'repeats': args.repeats, **sizes, **result}, args.json)
+    emit(
+        {'benchmark': 'weight_loading', 'arch': args.arch, 'repeats': args.repeats, **sizes, **result},
+        args.json,
+    )
     return 0
 
 

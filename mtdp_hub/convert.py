@@ -24,11 +24,11 @@ ORIGINAL_ARCHITECTURES = {'resnet50': 'mtdp_resnet50', 'densenet121': 'mtdp_dens
 
 
 def convert_mtdp_checkpoint(
-        src: str | os.PathLike,
-        out_dir: str | os.PathLike,
-        *,
-        model_name: str | None = None,
-        overwrite: bool = False,
+    src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Turn an original ``mtdp`` checkpoint into a Hugging Face model folder with its task heads.
 
@@ -45,7 +45,9 @@ def convert_mtdp_checkpoint(
     if model_name is None:
         found = guess_architecture(backbone)
         if found not in ORIGINAL_ARCHITECTURES:
-            raise CheckpointError(f'{src}: cannot tell the architecture ({found or "unknown keys"}); pass model_name')
+            raise CheckpointError(
+                f'{src}: cannot tell the architecture ({found or "unknown keys"}); pass model_name'
+            )
         model_name = f'{ORIGINAL_ARCHITECTURES[found]}.mtdp22'
     model = timm.create_model(model_name, pretrained=False)
     model.pretrained_cfg = {**model.pretrained_cfg, 'file': str(src)}  # names the file in errors
@@ -57,5 +59,6 @@ def convert_mtdp_checkpoint(
         f'(SHA-256 `{sha256_file(src)}`). Its {len(heads)} task heads are in `heads.safetensors` '
         f'(load them with `mtdp_hub.export.load_heads`).\n\n| head | classes |\n|---|---|\n{rows}\n'
     )
-    return export_folder(model.eval(), out_dir, heads=heads, card_extra=card_extra, model_name=model_name,
-                         overwrite=overwrite)
+    return export_folder(
+        model.eval(), out_dir, heads=heads, card_extra=card_extra, model_name=model_name, overwrite=overwrite
+    )

@@ -6,6 +6,7 @@ are given, ``heads.safetensors`` (one ``nn.Linear`` per task, with task names an
 file's metadata). The folder is written beside its destination and moved into place at the end,
 so a failed export never leaves a half-written folder or clobbers an existing one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -48,7 +49,7 @@ _INCLUDE = re.compile(r'<!--\s*include:\s*(?P<name>[\w.-]+)\s*-->')
 def _generated_card(architecture: str, num_features: int) -> str:
     """A card for a backbone that has no hand-written card (e.g. one trained with ``training/``)."""
     needs = architecture in NEEDS_MTDP_HUB
-    load = "import timm\n" + ("import mtdp_hub  # registers " + architecture + "\n" if needs else "")
+    load = 'import timm\n' + ('import mtdp_hub  # registers ' + architecture + '\n' if needs else '')
     return f"""---
 library_name: timm
 license: mit
@@ -71,8 +72,12 @@ It returns pooled {num_features}-d features (`num_classes=0`).
 cfg = timm.data.resolve_data_config(model=model)
 transform = timm.data.create_transform(**cfg)
 ```
-{"Loading this folder needs `pip install mtdp-hub` and `import mtdp_hub` first: the architecture "
- "is not one of timm's own." if needs else ""}
+{
+        'Loading this folder needs `pip install mtdp-hub` and `import mtdp_hub` first: the architecture '
+        "is not one of timm's own."
+        if needs
+        else ''
+    }
 """
 
 
@@ -82,11 +87,15 @@ def card_text(name: str) -> str | None:
     card_file = cards / f'{name}.md'
     if not card_file.is_file():
         return None
-    return _INCLUDE.sub(lambda m: (cards / m['name']).read_text(encoding='utf-8').strip(),
-                        card_file.read_text(encoding='utf-8'))
+    return _INCLUDE.sub(
+        lambda m: (cards / m['name']).read_text(encoding='utf-8').strip(),
+        card_file.read_text(encoding='utf-8'),
+    )
 
 
-def render_card(model_name: str | None, architecture: str, num_features: int, card_extra: str | None = None) -> str:
+def render_card(
+    model_name: str | None, architecture: str, num_features: int, card_extra: str | None = None
+) -> str:
     """The card of a released model (``model_cards/<arch>.md`` for ``model_name`` = ``arch.tag``, with
     its includes), else a card generated for ``architecture``."""
     card = card_text(model_name.split('.')[0]) if model_name else None
@@ -98,14 +107,14 @@ def render_card(model_name: str | None, architecture: str, num_features: int, ca
 
 
 def export_folder(
-        model: nn.Module,
-        out_dir: str | os.PathLike,
-        *,
-        heads: Mapping[str, nn.Linear] | None = None,
-        class_names: Mapping[str, Sequence[str]] | None = None,
-        card_extra: str | None = None,
-        model_name: str | None = None,
-        overwrite: bool = False,
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    heads: Mapping[str, nn.Linear] | None = None,
+    class_names: Mapping[str, Sequence[str]] | None = None,
+    card_extra: str | None = None,
+    model_name: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Export ``model`` (a timm model) and optional task heads as a Hugging Face model folder.
 

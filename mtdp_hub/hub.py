@@ -1,4 +1,5 @@
 """torch.hub entry points (re-exported by the repository's ``hubconf.py``)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -15,6 +15,7 @@ the training data pipeline. Conversions:
 Multi-frame files (TIFF pages, GIF) give their first frame. Anything Pillow cannot decode
 (zero-byte file, truncated JPEG, a text file named ``.jpg``) raises :class:`UnreadableImageError`.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {'.jpg', '.jpeg', '.png', '.tif', '.tiff', '.bmp', '.webp', '.gif', '.ppm', '.pgm'})
+    {'.jpg', '.jpeg', '.png', '.tif', '.tiff', '.bmp', '.webp', '.gif', '.ppm', '.pgm'}
+)
 """Lower-case file suffixes treated as images (compared case-insensitively)."""
 
 _BACKGROUND = (255, 255, 255)  # transparent pixels become slide background (white)
@@ -75,7 +77,9 @@ def find_images(root: str | os.PathLike) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not is_hidden(d)]
-        found += [Path(folder) / f for f in files if is_image_file(f) and os.path.isfile(os.path.join(folder, f))]
+        found += [
+            Path(folder) / f for f in files if is_image_file(f) and os.path.isfile(os.path.join(folder, f))
+        ]
     return sorted(found)
 
 

@@ -9,6 +9,7 @@ Where the weights come from is this module's one table (``default_cfgs``) plus `
 turning a table row into a verified local file is :mod:`mtdp_hub.weights`, and adapting the
 original checkpoint layout is :mod:`mtdp_hub.state_dict`.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,22 +74,26 @@ def _cfg(url: str = '', **kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
-    'mtdp_resnet50.mtdp22': _cfg(
-        url='https://dox.uliege.be/index.php/s/kvABLtVuMxW8iJy/download',
-        hf_hub_id=f'{HF_ORG}/mtdp_resnet50.mtdp22',
-        first_conv='conv1', classifier='fc',
-        description='ResNet50 pre-trained on 22 pathology tasks (~880k patches), multi-task, '
-                    'from torchvision ImageNet weights. Released by the paper\'s authors (Dec 2019).',
-    ),
-    'mtdp_densenet121.mtdp22': _cfg(
-        url='https://dox.uliege.be/index.php/s/G72InP4xmJvOrVp/download',
-        hf_hub_id=f'{HF_ORG}/mtdp_densenet121.mtdp22',
-        first_conv='features.conv0', classifier='classifier',
-        description='DenseNet121 (features end at norm5, no final ReLU) pre-trained on 22 pathology '
-                    'tasks (~880k patches), multi-task. Released by the paper\'s authors (Dec 2019).',
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        'mtdp_resnet50.mtdp22': _cfg(
+            url='https://dox.uliege.be/index.php/s/kvABLtVuMxW8iJy/download',
+            hf_hub_id=f'{HF_ORG}/mtdp_resnet50.mtdp22',
+            first_conv='conv1',
+            classifier='fc',
+            description='ResNet50 pre-trained on 22 pathology tasks (~880k patches), multi-task, '
+            "from torchvision ImageNet weights. Released by the paper's authors (Dec 2019).",
+        ),
+        'mtdp_densenet121.mtdp22': _cfg(
+            url='https://dox.uliege.be/index.php/s/G72InP4xmJvOrVp/download',
+            hf_hub_id=f'{HF_ORG}/mtdp_densenet121.mtdp22',
+            first_conv='features.conv0',
+            classifier='classifier',
+            description='DenseNet121 (features end at norm5, no final ReLU) pre-trained on 22 pathology '
+            "tasks (~880k patches), multi-task. Released by the paper's authors (Dec 2019).",
+        ),
+    }
+)
 
 
 class MtdpDenseNet(DenseNet):
@@ -99,7 +104,9 @@ class MtdpDenseNet(DenseNet):
         self.features.norm5.act = nn.Identity()
 
 
-def _create_mtdp(model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def _create_mtdp(
+    model_cls: type[nn.Module], variant: str, pretrained: bool = False, **kwargs: Any
+) -> nn.Module:
     """Build ``variant``; for registry weights, fetch and verify the file first and hand it to timm.
 
     Loading itself stays in timm: a verified local file goes in as ``pretrained_cfg_overlay=
@@ -117,8 +124,13 @@ def _create_mtdp(model_cls: type[nn.Module], variant: str, pretrained: bool = Fa
         if cfg.source not in ('hf-hub', 'local-dir') and not cfg.state_dict:
             path = cfg.file
             if not path:
-                path = fetch_weights(f'{variant}.{cfg.tag}', weight_sources(cfg), cache_dir=kwargs.get('cache_dir'))
-                kwargs['pretrained_cfg_overlay'] = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(path)}
+                path = fetch_weights(
+                    f'{variant}.{cfg.tag}', weight_sources(cfg), cache_dir=kwargs.get('cache_dir')
+                )
+                kwargs['pretrained_cfg_overlay'] = {
+                    **(kwargs.get('pretrained_cfg_overlay') or {}),
+                    'file': str(path),
+                }
             if not str(path).endswith('.safetensors'):
                 # A pickle is opened here with weights_only=True before timm sees it, whatever timm's
                 # own default: a file that asks to run code, or a truncated one, stops with its name.
@@ -137,7 +149,9 @@ def _create_mtdp(model_cls: type[nn.Module], variant: str, pretrained: bool = Fa
         if not any(frame.name == 'load_pretrained' for frame in traceback.extract_tb(e.__traceback__)):
             raise
         # timm's readers do not say which file failed; a truncated download must be named.
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        cfg = resolve_pretrained_cfg(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')
+        )
         where = cfg.file or cfg.hf_hub_id or cfg.url
         raise CheckpointError(f'{where}: cannot load weights for {variant}: {type(e).__name__}: {e}') from e
 
@@ -154,8 +168,11 @@ def mtdp_densenet121(pretrained: bool = False, **kwargs: Any) -> MtdpDenseNet:
     """DenseNet121 multi-task pre-trained on 22 pathology tasks; pooled 1024-d pre-ReLU features."""
     model_args = dict(growth_rate=32, block_config=(6, 12, 24, 16))
     return _create_mtdp(
-        MtdpDenseNet, 'mtdp_densenet121', pretrained,
-        feature_cfg=dict(flatten_sequential=True), **dict(model_args, **kwargs),
+        MtdpDenseNet,
+        'mtdp_densenet121',
+        pretrained,
+        feature_cfg=dict(flatten_sequential=True),
+        **dict(model_args, **kwargs),
     )
 
 
@@ -173,7 +190,9 @@ def weight_sources(cfg: PretrainedCfg) -> list[WeightSource]:
     local_dir = os.environ.get(ENV_WEIGHTS_DIR)
     if local_dir:
         if original:
-            sources.append(WeightSource('local-dir', local_dir, original, expected_sha256(model_tag, original)))
+            sources.append(
+                WeightSource('local-dir', local_dir, original, expected_sha256(model_tag, original))
+            )
         sha = expected_sha256(model_tag, hub_file)
         sources.append(WeightSource('local-dir', local_dir, f'{model_tag}.safetensors', sha))
         sources.append(WeightSource('local-dir', str(Path(local_dir) / model_tag), hub_file, sha))

@@ -3,6 +3,7 @@
 Uploads only what the export writes (safetensors, ``config.json``, ``README.md``): a folder with a
 pickled weight file or without its config or card is refused before anything is sent.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,14 +38,14 @@ def check_folder(folder: str | os.PathLike) -> list[Path]:
 
 
 def push_folder(
-        folder: str | os.PathLike,
-        repo_id: str,
-        *,
-        dry_run: bool = True,
-        private: bool = False,
-        revision: str | None = None,
-        commit_message: str = 'Upload mtdp-hub model',
-        token: str | None = None,
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    dry_run: bool = True,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = 'Upload mtdp-hub model',
+    token: str | None = None,
 ) -> list[Path]:
     """Upload ``folder`` to ``repo_id`` with ``HfApi.upload_folder``; with ``dry_run`` only list it."""
     files = check_folder(folder)

@@ -9,6 +9,7 @@ keys are exactly timm's. The heads are kept apart as ``nn.Linear`` weights so no
 that every backbone tensor is present and shaped right, because timm loads non-strictly whenever
 ``num_classes`` differs from the pretrained config and would otherwise leave random layers behind.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,13 +25,19 @@ from torch import nn
 from .errors import CheckpointError
 
 __all__ = [
-    'CheckpointError', 'read_state_dict', 'is_mtdp_layout', 'split_mtdp_checkpoint', 'checkpoint_filter_fn',
+    'CheckpointError',
+    'read_state_dict',
+    'is_mtdp_layout',
+    'split_mtdp_checkpoint',
+    'checkpoint_filter_fn',
     'guess_architecture',
 ]
 
 _HEAD_KEY = re.compile(r'^heads\.(?P<task>.+)\.linear\.(?P<param>weight|bias)$')
 # torchvision < 0.4 DenseNet names (``norm.1``) -> current names (``norm1``), as timm does.
-_OLD_DENSENET_KEY = re.compile(r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$')
+_OLD_DENSENET_KEY = re.compile(
+    r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$'
+)
 _IMAGENET_CLASSIFIERS = ('fc.', 'classifier.')
 
 
@@ -53,7 +60,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f'import code, which is never done here): {e}'
         ) from e
     except Exception as e:  # truncated or corrupt archives raise many types
-        raise CheckpointError(f'{path}: cannot read checkpoint (truncated or corrupt?): {type(e).__name__}: {e}') from e
+        raise CheckpointError(
+            f'{path}: cannot read checkpoint (truncated or corrupt?): {type(e).__name__}: {e}'
+        ) from e
     for key in ('state_dict', 'model'):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -72,7 +81,7 @@ def is_mtdp_layout(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def split_mtdp_checkpoint(
-        state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor], dict[str, nn.Linear]]:
     """Split an original checkpoint into timm backbone keys and per-task ``nn.Linear`` heads.
 
@@ -85,7 +94,9 @@ def split_mtdp_checkpoint(
         if key.startswith('heads.'):
             m = _HEAD_KEY.match(key)
             if m is None:
-                raise CheckpointError(f'unexpected head key {key!r} (expected heads.<task>.linear.weight|bias)')
+                raise CheckpointError(
+                    f'unexpected head key {key!r} (expected heads.<task>.linear.weight|bias)'
+                )
             head_params.setdefault(m['task'], {})[m['param']] = value
             continue
         key = key.removeprefix('features.')
@@ -111,11 +122,18 @@ def guess_architecture(keys: Iterable[str]) -> str | None:
     keys = set(keys)
     if any(k.startswith('features.denseblock') for k in keys):
         blocks = sum(1 for k in keys if k.startswith('features.denseblock3.') and k.endswith('.conv1.weight'))
-        return {24: 'densenet121', 32: 'densenet169', 48: 'densenet201', 36: 'densenet161'}.get(blocks, 'a DenseNet')
+        return {24: 'densenet121', 32: 'densenet169', 48: 'densenet201', 36: 'densenet161'}.get(
+            blocks, 'a DenseNet'
+        )
     if 'conv1.weight' in keys and any(k.startswith('layer1.') for k in keys):
         blocks = len({k.split('.')[1] for k in keys if k.startswith('layer3.')})
         bottleneck = any(k.endswith('conv3.weight') for k in keys)
-        name = {(6, True): 'resnet50', (23, True): 'resnet101', (36, True): 'resnet152', (6, False): 'resnet34'}
+        name = {
+            (6, True): 'resnet50',
+            (23, True): 'resnet101',
+            (36, True): 'resnet152',
+            (6, False): 'resnet34',
+        }
         return name.get((blocks, bottleneck), 'a ResNet')
     return None
 
@@ -150,7 +168,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     is_head = tuple(f'{c}.' for c in classifier)
     # A classifier the model does not have (num_classes=0) or of another size is not ours to load.
     state_dict = {
-        k: v for k, v in state_dict.items()
+        k: v
+        for k, v in state_dict.items()
         if not (k.startswith(is_head) and (k not in model_sd or model_sd[k].shape != v.shape))
     }
     origin = _weights_origin(model)
@@ -167,9 +186,11 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
         )
     first_conv = (getattr(model, 'pretrained_cfg', None) or {}).get('first_conv')
     in_conv = f'{first_conv}.weight' if isinstance(first_conv, str) else None
-    wrong = [f'{k} {tuple(v.shape)} (model {tuple(model_sd[k].shape)})'
-             for k, v in state_dict.items()
-             if v.shape != model_sd[k].shape and not (k == in_conv and _only_in_chans_differ(v, model_sd[k]))]
+    wrong = [
+        f'{k} {tuple(v.shape)} (model {tuple(model_sd[k].shape)})'
+        for k, v in state_dict.items()
+        if v.shape != model_sd[k].shape and not (k == in_conv and _only_in_chans_differ(v, model_sd[k]))
+    ]
     if wrong:
         raise CheckpointError(f'{origin} does not fit {arch}: wrong shapes for {_listed(wrong)}')
     return state_dict

@@ -78,7 +78,9 @@ class Task:
 
 def _class_folders(root: Path, splits: Sequence[str]) -> list[str]:
     try:
-        return sorted({c.name for s in splits for c in (root / s).iterdir() if c.is_dir() and not is_hidden(c.name)})
+        return sorted(
+            {c.name for s in splits for c in (root / s).iterdir() if c.is_dir() and not is_hidden(c.name)}
+        )
     except OSError as e:
         raise TaskFolderError(f'cannot read task folder {root}: {e}') from e
 
@@ -105,16 +107,21 @@ def read_task_folder(
         raise TaskFolderError(f'task folder {root} does not exist or is not a folder')
     present = [s for s in SPLITS if (root / s).is_dir()]
     if not present:
-        raise TaskFolderError(f'task folder {root} has none of the split folders {", ".join(SPLITS)} '
-                              '(expected {root}/{train,val,test}/{class}/*)')
+        raise TaskFolderError(
+            f'task folder {root} has none of the split folders {", ".join(SPLITS)} '
+            '(expected {root}/{train,val,test}/{class}/*)'
+        )
     missing = [s for s in required if s not in present]
     if missing:
-        raise TaskFolderError(f'task folder {root} needs the split folder(s) {", ".join(missing)} '
-                              f'(found {", ".join(present)})')
+        raise TaskFolderError(
+            f'task folder {root} needs the split folder(s) {", ".join(missing)} (found {", ".join(present)})'
+        )
     class_names = [str(c) for c in classes] if classes else _class_folders(root, present)
     if len(class_names) < 2:
-        raise TaskFolderError(f'task folder {root} has {len(class_names)} class folder(s) '
-                              f'({", ".join(class_names) or "none"}); a classification task needs at least 2')
+        raise TaskFolderError(
+            f'task folder {root} has {len(class_names)} class folder(s) '
+            f'({", ".join(class_names) or "none"}); a classification task needs at least 2'
+        )
     splits = {}
     for s in present:
         split = Split()

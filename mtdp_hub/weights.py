@@ -11,6 +11,7 @@ Every file is checked against the SHA-256 recorded in :data:`mtdp_hub.models.WEI
 downloaded file that does not match is deleted. When every source fails, one error lists each
 attempt and why it failed. Nothing here unpickles: loading is timm's (``weights_only=True``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -140,7 +141,9 @@ def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path
 _FETCHERS = {'local-dir': _from_local_dir, 'hf-hub': _from_hf_hub, 'url': _from_url}
 
 
-def fetch_weights(model_tag: str, sources: Sequence[WeightSource], cache_dir: str | os.PathLike | None = None) -> Path:
+def fetch_weights(
+    model_tag: str, sources: Sequence[WeightSource], cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Return a local, verified weight file for ``model_tag`` from the first source that works."""
     failures = []
     for src in sources:

@@ -1,5 +1,6 @@
 """Shared fixtures: original-layout mtdp checkpoints built here, a 127.0.0.1 HTTP server, an
 offline Hugging Face cache, and the shared H&E patches. Nothing here reaches the network."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ from torch import nn  # noqa: E402
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 ASSETS = REPO_ROOT / 'tests' / 'assets'
-KATHER_ASSETS = ASSETS / 'kather2016'   # 24 real H&E tiles, 8 classes x 3 (CC BY 4.0, see its README)
+KATHER_ASSETS = ASSETS / 'kather2016'  # 24 real H&E tiles, 8 classes x 3 (CC BY 4.0, see its README)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -93,8 +94,10 @@ def build_original(arch: str, seed: int = 0, tasks=None) -> MultiHead:
     return model.eval()
 
 
-ORIGINAL_NAMES = {'resnet50': 'resnet50-mh-best-191205-141200.pth',
-                  'densenet121': 'densenet121-mh-best-191205-141200.pth'}
+ORIGINAL_NAMES = {
+    'resnet50': 'resnet50-mh-best-191205-141200.pth',
+    'densenet121': 'densenet121-mh-best-191205-141200.pth',
+}
 
 
 @dataclass
@@ -163,7 +166,7 @@ def http_server():
 
 def populate_hf_cache(cache_dir: Path, repo_id: str, folder: Path, commit: str = 'a' * 40) -> Path:
     """Lay out ``folder`` as huggingface_hub's cache holds a downloaded repo (refs/main -> snapshot)."""
-    repo = Path(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    repo = Path(cache_dir) / f'models--{repo_id.replace("/", "--")}'
     (repo / 'refs').mkdir(parents=True, exist_ok=True)
     (repo / 'refs' / 'main').write_text(commit)
     snapshot = repo / 'snapshots' / commit

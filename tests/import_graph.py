@@ -43,7 +43,7 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ''
     base = module.split('.')
-    base = base[:len(base) - node.level + (1 if is_package else 0)]
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
     return '.'.join(base + ([node.module] if node.module else []))
 
 
@@ -55,7 +55,7 @@ def imports_of(module: str, path: Path, known: set[str], module_level: bool = Fa
     is_package = path.name == '__init__.py'
     found = set()
     tree = ast.parse(path.read_text(encoding='utf-8'))
-    for node in (tree.body if module_level else ast.walk(tree)):
+    for node in tree.body if module_level else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -97,7 +97,7 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
         stack.append(m)
         for dep in sorted(g[m]):
             if state.get(dep) == 1:
-                found.append(stack[stack.index(dep):] + [dep])
+                found.append(stack[stack.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep)
         stack.pop()
@@ -135,7 +135,7 @@ def undeclared_imports() -> list[str]:
 
 def problems() -> list[str]:
     g = graph()
-    return (upward_imports(g) + [' -> '.join(c) for c in cycles(g)] + foreign_imports(g) + undeclared_imports())
+    return upward_imports(g) + [' -> '.join(c) for c in cycles(g)] + foreign_imports(g) + undeclared_imports()
 
 
 if __name__ == '__main__':

@@ -11,7 +11,12 @@ from tests.conftest import REPO_ROOT
 
 def test_every_import_of_the_installed_package_points_down():
     g = import_graph.graph()
-    assert {'mtdp_hub.models', 'mtdp_hub.features.run', 'mtdp_hub.evaluation.protocol', 'mtdp_hub.cli'} <= set(g)
+    assert {
+        'mtdp_hub.models',
+        'mtdp_hub.features.run',
+        'mtdp_hub.evaluation.protocol',
+        'mtdp_hub.cli',
+    } <= set(g)
     assert import_graph.upward_imports(g) == []
     assert import_graph.foreign_imports(g) == []
 
@@ -22,17 +27,31 @@ def test_no_import_cycle_even_through_function_bodies():
 
 def test_the_checks_find_what_they_look_for(tmp_path):
     # A function-level import that closes a circle, and imports pointing up a layer or out of the package.
-    g = {'mtdp_hub.convert': {'mtdp_hub.export'}, 'mtdp_hub.export': {'mtdp_hub.weights'},
-         'mtdp_hub.weights': {'mtdp_hub.convert', 'training.loop'}, 'mtdp_hub.features.run': {'mtdp_hub.evaluation'},
-         'mtdp_hub.evaluation': set(), 'mtdp_hub.cli': {'mtdp_hub.evaluation'}}
-    assert import_graph.cycles(g) == [['mtdp_hub.convert', 'mtdp_hub.export', 'mtdp_hub.weights', 'mtdp_hub.convert']]
-    assert import_graph.upward_imports(g) == ['mtdp_hub.features.run (features) imports mtdp_hub.evaluation (evaluation)']
+    g = {
+        'mtdp_hub.convert': {'mtdp_hub.export'},
+        'mtdp_hub.export': {'mtdp_hub.weights'},
+        'mtdp_hub.weights': {'mtdp_hub.convert', 'training.loop'},
+        'mtdp_hub.features.run': {'mtdp_hub.evaluation'},
+        'mtdp_hub.evaluation': set(),
+        'mtdp_hub.cli': {'mtdp_hub.evaluation'},
+    }
+    assert import_graph.cycles(g) == [
+        ['mtdp_hub.convert', 'mtdp_hub.export', 'mtdp_hub.weights', 'mtdp_hub.convert']
+    ]
+    assert import_graph.upward_imports(g) == [
+        'mtdp_hub.features.run (features) imports mtdp_hub.evaluation (evaluation)'
+    ]
     assert import_graph.foreign_imports(g) == ['mtdp_hub.weights imports training.loop']
     source = tmp_path / 'm.py'
-    source.write_text('def f():\n    from .. import tasks\n    from ..features import run\n    import torch\n')
+    source.write_text(
+        'def f():\n    from .. import tasks\n    from ..features import run\n    import torch\n'
+    )
     known = {'mtdp_hub.tasks', 'mtdp_hub.features', 'mtdp_hub.features.run'}
     assert import_graph.imports_of('mtdp_hub.evaluation.m', source, known) == {
-        'mtdp_hub.tasks', 'mtdp_hub.features.run', 'torch'}
+        'mtdp_hub.tasks',
+        'mtdp_hub.features.run',
+        'torch',
+    }
 
 
 def test_third_party_imports_are_declared_and_extras_are_imported_lazily():
@@ -44,11 +63,15 @@ def test_third_party_imports_are_declared_and_extras_are_imported_lazily():
 
 @pytest.mark.slow
 def test_import_pulls_no_heavy_modules():
-    code = ('import sys, mtdp_hub, mtdp_hub.cli, mtdp_hub.hub\n'
-            'mtdp_hub.cli.build_parser()\n'
-            "bad = [m for m in ('training', 'sklearn', 'datasets', 'matplotlib', 'pyarrow', 'pandas')"
-            ' if m in sys.modules]\n'
-            'print(bad)\n')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    code = (
+        'import sys, mtdp_hub, mtdp_hub.cli, mtdp_hub.hub\n'
+        'mtdp_hub.cli.build_parser()\n'
+        "bad = [m for m in ('training', 'sklearn', 'datasets', 'matplotlib', 'pyarrow', 'pandas')"
+        ' if m in sys.modules]\n'
+        'print(bad)\n'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == '[]'

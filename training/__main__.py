@@ -1,5 +1,6 @@
 """Command line: ``python -m training [--config C] [--pool P] [--resume RUN] [--set k=v ...]``,
 ``python -m training scan --pool P`` and ``python -m training export --run RUN``."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,19 @@ from .pool import PoolError, load_pool
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--config', help='a YAML config (training/configs/*.yaml)')
     p.add_argument('--pool', help="a pool YAML file, or 'demo' (overrides the config's pool)")
-    p.add_argument('--resume', metavar='RUN_DIR', help='continue the run in this folder (its config.yaml unless --config)')
-    p.add_argument('--set', dest='overrides', action='append', default=[], metavar='SECTION.KEY=VALUE',
-                   help='override one config value, e.g. --set optim.lr=1e-4 (repeatable)')
+    p.add_argument(
+        '--resume',
+        metavar='RUN_DIR',
+        help='continue the run in this folder (its config.yaml unless --config)',
+    )
+    p.add_argument(
+        '--set',
+        dest='overrides',
+        action='append',
+        default=[],
+        metavar='SECTION.KEY=VALUE',
+        help='override one config value, e.g. --set optim.lr=1e-4 (repeatable)',
+    )
 
 
 def _train(args) -> int:
@@ -46,14 +57,16 @@ def _train(args) -> int:
     try:
         summary = train(cfg)
     except TrainingInterrupted as e:
-        print(f'\n{e}. Continue with: python -m training --resume {Path(cfg.run.output_dir) / cfg.run.name}',
-              file=sys.stderr)
+        print(
+            f'\n{e}. Continue with: python -m training --resume {Path(cfg.run.output_dir) / cfg.run.name}',
+            file=sys.stderr,
+        )
         return 128 + e.signum
     except NonFiniteLossError as e:
         print(f'error: {e}', file=sys.stderr)
         return 3
     except MtdpError as e:
-        print(f'error: {e}', file=sys.stderr)   # bad input or a missing resource: one line, no traceback
+        print(f'error: {e}', file=sys.stderr)  # bad input or a missing resource: one line, no traceback
         return 2
     metrics = summary.get('metrics', {})
     if metrics:
@@ -102,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         export.set_defaults(func=_export)
         args = parser.parse_args(argv)
         return args.func(args)
-    parser = argparse.ArgumentParser(prog='python -m training', description=__doc__,
-                                     epilog='subcommands: scan --pool P | export --run RUN')
+    parser = argparse.ArgumentParser(
+        prog='python -m training', description=__doc__, epilog='subcommands: scan --pool P | export --run RUN'
+    )
     _train_args(parser)
     args = parser.parse_args(argv)
     return _train(args)

@@ -19,8 +19,14 @@ import torch
 from mtdp_hub._io import atomic_path, clean_leftovers
 from mtdp_hub.errors import MtdpError
 
-__all__ = ['CheckpointWriteError', 'save_checkpoint', 'list_checkpoints', 'latest_checkpoint', 'load_checkpoint',
-           'clean_partial']
+__all__ = [
+    'CheckpointWriteError',
+    'save_checkpoint',
+    'list_checkpoints',
+    'latest_checkpoint',
+    'load_checkpoint',
+    'clean_partial',
+]
 
 _NAME = re.compile(r'^ckpt-(\d{9})\.pt$')
 
@@ -52,8 +58,9 @@ def save_checkpoint(state: dict, folder: str | os.PathLike, iteration: int, keep
         with atomic_path(final) as tmp, open(tmp, 'wb') as f:
             torch.save(state, f)
     except OSError as e:
-        raise CheckpointWriteError(f'could not write checkpoint {final} ({e}); '
-                                   'the previous checkpoints are intact') from e
+        raise CheckpointWriteError(
+            f'could not write checkpoint {final} ({e}); the previous checkpoints are intact'
+        ) from e
     for old in list_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
     return final

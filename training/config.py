@@ -5,6 +5,7 @@ A config file has the sections of :class:`Config` (``pool``, ``data``, ``model``
 overrides one field (the value is parsed as YAML). The resolved config is saved in the run
 folder as ``config.yaml`` and reloads to the same :class:`Config`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,20 @@ import yaml
 
 from mtdp_hub.errors import MtdpError
 
-__all__ = ['ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'ScheduleConfig', 'RunConfig', 'Config',
-           'load_config', 'from_dict', 'to_dict', 'apply_overrides', 'save_config']
+__all__ = [
+    'ConfigError',
+    'DataConfig',
+    'ModelConfig',
+    'OptimConfig',
+    'ScheduleConfig',
+    'RunConfig',
+    'Config',
+    'load_config',
+    'from_dict',
+    'to_dict',
+    'apply_overrides',
+    'save_config',
+]
 
 
 class ConfigError(MtdpError, ValueError):
@@ -27,43 +40,45 @@ class ConfigError(MtdpError, ValueError):
 
 @dataclass
 class DataConfig:
-    size: int = 224                      # network input side (paper: not stated; 224 as the code)
-    batch_size: int = 64                 # global batch, split over the ranks
-    eval_batch_size: int = 128           # per rank, validation
-    num_workers: int = 8                 # DataLoader workers per rank
-    pin_memory: bool = True              # only used on CUDA
+    size: int = 224  # network input side (paper: not stated; 224 as the code)
+    batch_size: int = 64  # global batch, split over the ranks
+    eval_batch_size: int = 128  # per rank, validation
+    num_workers: int = 8  # DataLoader workers per rank
+    pin_memory: bool = True  # only used on CUDA
     persistent_workers: bool = True
     prefetch_factor: int = 4
-    bad_images: str = 'error'            # 'error': stop before the first step; 'skip': drop and list them
-    decode: str = 'cpu'                  # 'gpu': workers read JPEG bytes, nvJPEG decodes + augments on the GPU
-    scan_images: bool = True             # decode every image before training (needed by both policies)
+    bad_images: str = 'error'  # 'error': stop before the first step; 'skip': drop and list them
+    decode: str = 'cpu'  # 'gpu': workers read JPEG bytes, nvJPEG decodes + augments on the GPU
+    scan_images: bool = True  # decode every image before training (needed by both policies)
     train_splits: list[str] = field(default_factory=lambda: ['train'])  # released models: train, val, test
     val_split: str = 'val'
 
 
 @dataclass
 class ModelConfig:
-    arch: str = 'resnet50'               # any timm name: resnet50, densenet121, mtdp_resnet50, mtdp_densenet121, ...
-    init: str = 'imagenet'               # 'imagenet' | 'random' | path to a weights file or an exported folder
-    imagenet_weights: str | None = None  # timm name.tag; default: '<arch>.tv_in1k' (torchvision's, as the paper)
-    if_weights_missing: str = 'error'    # 'error' | 'random': what to do when ImageNet weights are unreachable
+    arch: str = 'resnet50'  # any timm name: resnet50, densenet121, mtdp_resnet50, mtdp_densenet121, ...
+    init: str = 'imagenet'  # 'imagenet' | 'random' | path to a weights file or an exported folder
+    imagenet_weights: str | None = (
+        None  # timm name.tag; default: '<arch>.tv_in1k' (torchvision's, as the paper)
+    )
+    if_weights_missing: str = 'error'  # 'error' | 'random': what to do when ImageNet weights are unreachable
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3                     # gamma, the backbone learning rate
-    head_lr_mult: float = 1.0            # tau: heads learn at gamma * tau
+    lr: float = 1e-3  # gamma, the backbone learning rate
+    head_lr_mult: float = 1.0  # tau: heads learn at gamma * tau
     momentum: float = 0.9
     weight_decay: float = 0.0
 
 
 @dataclass
 class ScheduleConfig:
-    iterations: int = 50_000             # in total, warm-up included
-    warmup_iterations: int = 5_000       # head-only, backbone frozen (weights and BN statistics); 0 = none
-    warmup_lr: float = 1e-3              # head LR during warm-up
-    bn_recalibration_batches: int = 20   # 0 = no re-calibration
-    val_every: int = 5_000               # 0 = only at the end
+    iterations: int = 50_000  # in total, warm-up included
+    warmup_iterations: int = 5_000  # head-only, backbone frozen (weights and BN statistics); 0 = none
+    warmup_lr: float = 1e-3  # head LR during warm-up
+    bn_recalibration_batches: int = 20  # 0 = no re-calibration
+    val_every: int = 5_000  # 0 = only at the end
     checkpoint_every: int = 1_000
     keep_checkpoints: int = 3
     log_every: int = 50
@@ -71,23 +86,23 @@ class ScheduleConfig:
 
 @dataclass
 class RunConfig:
-    name: str | None = None              # default: the config file's stem
+    name: str | None = None  # default: the config file's stem
     output_dir: str = 'runs'
     seed: int = 0
-    device: str = 'auto'                 # 'auto' | 'cpu' | 'cuda'
-    amp: str = 'auto'                    # 'auto' (bf16 on CUDA when supported, else off) | 'bf16' | 'fp16' | 'none'
+    device: str = 'auto'  # 'auto' | 'cpu' | 'cuda'
+    amp: str = 'auto'  # 'auto' (bf16 on CUDA when supported, else off) | 'bf16' | 'fp16' | 'none'
     channels_last: bool = True
-    compile: bool = False                # torch.compile the model
-    export: bool = True                  # export the backbone at the end
-    progress: bool = True                # tqdm bar
-    tensorboard: bool = True             # when the tensorboard package is installed
-    resume: str = 'auto'                 # 'auto': continue from the run folder's latest checkpoint | 'never'
-    threads: int = 0                     # torch.set_num_threads on CPU (0 = leave it)
+    compile: bool = False  # torch.compile the model
+    export: bool = True  # export the backbone at the end
+    progress: bool = True  # tqdm bar
+    tensorboard: bool = True  # when the tensorboard package is installed
+    resume: str = 'auto'  # 'auto': continue from the run folder's latest checkpoint | 'never'
+    threads: int = 0  # torch.set_num_threads on CPU (0 = leave it)
 
 
 @dataclass
 class Config:
-    pool: str | None = None              # a pool YAML file, or 'demo' for the built-in demo pool
+    pool: str | None = None  # a pool YAML file, or 'demo' for the built-in demo pool
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -99,17 +114,33 @@ class Config:
         checks = [
             (self.data.bad_images in ('error', 'skip'), "data.bad_images must be 'error' or 'skip'"),
             (self.data.decode in ('cpu', 'gpu'), "data.decode must be 'cpu' or 'gpu'"),
-            (self.model.if_weights_missing in ('error', 'random'), "model.if_weights_missing must be 'error' or 'random'"),
-            (self.run.amp in ('auto', 'bf16', 'fp16', 'none'), "run.amp must be one of auto, bf16, fp16, none"),
+            (
+                self.model.if_weights_missing in ('error', 'random'),
+                "model.if_weights_missing must be 'error' or 'random'",
+            ),
+            (
+                self.run.amp in ('auto', 'bf16', 'fp16', 'none'),
+                'run.amp must be one of auto, bf16, fp16, none',
+            ),
             (self.run.resume in ('auto', 'never'), "run.resume must be 'auto' or 'never'"),
-            (self.run.device in ('auto', 'cpu', 'cuda'), "run.device must be auto, cpu or cuda"),
-            (self.data.size > 0 and self.data.batch_size > 0, 'data.size and data.batch_size must be positive'),
-            (0 <= self.schedule.warmup_iterations <= self.schedule.iterations,
-             'schedule.warmup_iterations must be between 0 and schedule.iterations'),
+            (self.run.device in ('auto', 'cpu', 'cuda'), 'run.device must be auto, cpu or cuda'),
+            (
+                self.data.size > 0 and self.data.batch_size > 0,
+                'data.size and data.batch_size must be positive',
+            ),
+            (
+                0 <= self.schedule.warmup_iterations <= self.schedule.iterations,
+                'schedule.warmup_iterations must be between 0 and schedule.iterations',
+            ),
             (self.schedule.keep_checkpoints >= 1, 'schedule.keep_checkpoints must be >= 1'),
-            (self.schedule.log_every >= 1 and self.schedule.checkpoint_every >= 1,
-             'schedule.log_every and schedule.checkpoint_every must be >= 1'),
-            (self.optim.lr > 0 and self.optim.head_lr_mult > 0, 'optim.lr and optim.head_lr_mult must be positive'),
+            (
+                self.schedule.log_every >= 1 and self.schedule.checkpoint_every >= 1,
+                'schedule.log_every and schedule.checkpoint_every must be >= 1',
+            ),
+            (
+                self.optim.lr > 0 and self.optim.head_lr_mult > 0,
+                'optim.lr and optim.head_lr_mult must be positive',
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -183,7 +214,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         node = values
         for i, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f'unknown config key {".".join(parts[:i + 1])!r} in override {item!r}')
+                raise ConfigError(f'unknown config key {".".join(parts[: i + 1])!r} in override {item!r}')
             if i == len(parts) - 1:
                 node[part] = yaml.safe_load(raw) if raw.strip() else None
             else:
@@ -204,7 +235,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             raise ConfigError(f'{path}: a config file must be a mapping of sections')
         # A relative pool path is relative to the config file, unless it exists from here.
         pool = values.get('pool')
-        if isinstance(pool, str) and pool != 'demo' and not Path(pool).is_absolute() and not Path(pool).exists():
+        if (
+            isinstance(pool, str)
+            and pool != 'demo'
+            and not Path(pool).is_absolute()
+            and not Path(pool).exists()
+        ):
             values['pool'] = str(path.parent / pool)
     try:
         cfg = from_dict(values)
@@ -217,8 +253,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 # Settings that shape the weights: a resumed run must keep them (iterations, logging, checkpoint
 # cadence, workers and the like may change).
-RESUME_FIXED = ('pool', 'model.', 'optim.', 'data.size', 'data.batch_size', 'data.train_splits',
-                'schedule.warmup_iterations', 'schedule.warmup_lr', 'schedule.bn_recalibration_batches', 'run.seed')
+RESUME_FIXED = (
+    'pool',
+    'model.',
+    'optim.',
+    'data.size',
+    'data.batch_size',
+    'data.train_splits',
+    'schedule.warmup_iterations',
+    'schedule.warmup_lr',
+    'schedule.bn_recalibration_batches',
+    'run.seed',
+)
 
 
 def _flatten(values: dict, prefix: str = '') -> dict:

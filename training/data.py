@@ -8,6 +8,7 @@ The random choices of a training image come from the seed its draw carries (see
 :mod:`training.sampler`), never from a global RNG, so a batch is the same whatever the number of
 workers and after a resume.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,10 +28,24 @@ from mtdp_hub.errors import MtdpError, UnreadableImageError
 
 from .pool import TaskPool
 
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'train_transform', 'train_transform_uint8', 'normalise_uint8', 'MultiTaskDataset', 'SplitDataset',
-           'EncodedMultiTaskDataset', 'DeviceAugment', 'collate_encoded', 'ScanReport', 'scan_pool', 'apply_bad_image_policy', 'BadImagesError']
+__all__ = [
+    'IMAGENET_MEAN',
+    'IMAGENET_STD',
+    'train_transform',
+    'train_transform_uint8',
+    'normalise_uint8',
+    'MultiTaskDataset',
+    'SplitDataset',
+    'EncodedMultiTaskDataset',
+    'DeviceAugment',
+    'collate_encoded',
+    'ScanReport',
+    'scan_pool',
+    'apply_bad_image_policy',
+    'BadImagesError',
+]
 
-IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD   # timm's; the paper's normalisation
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's; the paper's normalisation
 # (x / 255 - mean) / std as (x - 255 mean) * 1 / (255 std): one float conversion and two in-place
 # passes over a contiguous CHW tensor. The slower form (a float copy of the permuted view, then three
 # new tensors) took more time than the JPEG decode (BENCHMARKS.md, data pipeline).
@@ -137,9 +152,11 @@ class EncodedMultiTaskDataset(MultiTaskDataset):
                     data = Path(item).read_bytes()
             except OSError as e:
                 raise UnreadableImageError(item, f'{type(e).__name__}: {e}') from e
-            if fmt == 'JPEG' and mode == 'RGB':   # by content: a PNG named .jpg goes the Pillow way
+            if fmt == 'JPEG' and mode == 'RGB':  # by content: a PNG named .jpg goes the Pillow way
                 params = augment_params(*size, generator)
-                return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), torch.tensor(params))
+                return EncodedImage(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8), torch.tensor(params)
+                )
         im = task.load(split, j)
         return EncodedImage(train_transform_uint8(im, self.size, generator), None)
 
@@ -147,10 +164,11 @@ class EncodedMultiTaskDataset(MultiTaskDataset):
 @dataclass
 class EncodedImage:
     """JPEG bytes with their crop/flip parameters, or an image already augmented to uint8 CHW (params None)."""
+
     data: torch.Tensor
     params: torch.Tensor | None
 
-    def pin_memory(self) -> EncodedImage:   # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> EncodedImage:  # called by DataLoader(pin_memory=True)
         return EncodedImage(self.data.pin_memory(), self.params)
 
 
@@ -173,7 +191,9 @@ class DeviceAugment:
         encoded = [k for k, im in enumerate(images) if im.params is not None]
         out: list[torch.Tensor | None] = [None] * len(images)
         if encoded:
-            decoded = decode_jpeg([images[k].data for k in encoded], mode=ImageReadMode.RGB, device=self.device)
+            decoded = decode_jpeg(
+                [images[k].data for k in encoded], mode=ImageReadMode.RGB, device=self.device
+            )
             for k, x in zip(encoded, decoded):
                 out[k] = self._augment(x, images[k].params.tolist())
         for k, im in enumerate(images):
@@ -184,10 +204,15 @@ class DeviceAugment:
 
     def _augment(self, x: torch.Tensor, params: list[int]) -> torch.Tensor:
         x0, y0, side, flip_h, flip_v = params
-        x = x[:, y0:y0 + side, x0:x0 + side]
+        x = x[:, y0 : y0 + side, x0 : x0 + side]
         if side != self.size:
-            x = torch.nn.functional.interpolate(x[None].float(), size=(self.size, self.size), mode='bilinear',
-                                                antialias=True, align_corners=False)[0]
+            x = torch.nn.functional.interpolate(
+                x[None].float(),
+                size=(self.size, self.size),
+                mode='bilinear',
+                antialias=True,
+                align_corners=False,
+            )[0]
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         if flip_h:
             x = x.flip(2)
@@ -218,8 +243,13 @@ class BadImagesError(MtdpError, RuntimeError):
 class _ScanDataset(Dataset):
     def __init__(self, pool: TaskPool, splits: Sequence[str]):
         self.pool = pool
-        self.items = [(t, s, i) for t, task in enumerate(pool.tasks) for s in splits if s in task.splits
-                      for i in range(len(task.splits[s]))]
+        self.items = [
+            (t, s, i)
+            for t, task in enumerate(pool.tasks)
+            for s in splits
+            if s in task.splits
+            for i in range(len(task.splits[s]))
+        ]
 
     def __len__(self):
         return len(self.items)
@@ -236,14 +266,18 @@ class _ScanDataset(Dataset):
 @dataclass
 class ScanReport:
     checked: int
-    bad: list[tuple[str, str, int, str, str]]   # (task, split, index, file, reason)
+    bad: list[tuple[str, str, int, str, str]]  # (task, split, index, file, reason)
 
     def lines(self) -> list[str]:
         return [f'{task} [{split}] {where}: {reason}' for task, split, _, where, reason in self.bad]
 
 
-def scan_pool(pool: TaskPool, splits: Sequence[str] = ('train', 'val', 'test'), num_workers: int = 0,
-              progress: bool = False) -> ScanReport:
+def scan_pool(
+    pool: TaskPool,
+    splits: Sequence[str] = ('train', 'val', 'test'),
+    num_workers: int = 0,
+    progress: bool = False,
+) -> ScanReport:
     """Decode every image of ``splits`` (in DataLoader workers) and report the ones that fail."""
     ds = _ScanDataset(pool, splits)
     loader = DataLoader(ds, batch_size=32, num_workers=num_workers, collate_fn=lambda b: b)
@@ -265,8 +299,10 @@ def apply_bad_image_policy(pool: TaskPool, report: ScanReport, policy: str) -> N
         return
     if policy != 'skip':
         listing = '\n  '.join(report.lines())
-        raise BadImagesError(f'{len(report.bad)} undecodable image(s) in the pool (data.bad_images: error; '
-                             f'set data.bad_images=skip to train without them):\n  {listing}')
+        raise BadImagesError(
+            f'{len(report.bad)} undecodable image(s) in the pool (data.bad_images: error; '
+            f'set data.bad_images=skip to train without them):\n  {listing}'
+        )
     by_split: dict[tuple[str, str], set[int]] = {}
     for task, split, i, _, _ in report.bad:
         by_split.setdefault((task, split), set()).add(i)

@@ -9,6 +9,7 @@ Images are 72 x 60 px PNGs (not square, so the random square crop has work to do
 original layout ``{task}/{train,val}/{class}/*.png``, with a group prefix (``g<k>_``) in the file
 names. The pool is learnable by a small CNN from random weights within a few hundred iterations.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ from PIL import Image
 __all__ = ['make_demo_pool', 'DEMO_TASKS']
 
 W, H = 72, 60
-DEMO_TASKS = {'demo_tint': ['haematoxylin', 'eosin', 'dab'], 'demo_stripes': ['horizontal', 'vertical'],
-              'demo_grating': ['c2', 'c3', 'c5', 'c8']}
+DEMO_TASKS = {
+    'demo_tint': ['haematoxylin', 'eosin', 'dab'],
+    'demo_stripes': ['horizontal', 'vertical'],
+    'demo_grating': ['c2', 'c3', 'c5', 'c8'],
+}
 _COUNTS = {'train': 40, 'val': 16}
 _TINTS = np.array([[0.35, 0.30, 0.65], [0.90, 0.45, 0.65], [0.55, 0.35, 0.15]])
 
@@ -31,8 +35,10 @@ def _image(task: str, label: int, rng: np.random.Generator) -> np.ndarray:
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     noise = rng.normal(0, 0.08, (H, W, 3))
     if task == 'demo_tint':
-        blobs = sum(np.exp(-((xx - rng.uniform(0, W)) ** 2 + (yy - rng.uniform(0, H)) ** 2) / rng.uniform(20, 80))
-                    for _ in range(12))
+        blobs = sum(
+            np.exp(-((xx - rng.uniform(0, W)) ** 2 + (yy - rng.uniform(0, H)) ** 2) / rng.uniform(20, 80))
+            for _ in range(12)
+        )
         texture = 0.45 + 0.55 * np.clip(blobs, 0, 1)
         img = texture[..., None] * (_TINTS[label] + rng.normal(0, 0.04, 3)) + noise
     elif task == 'demo_stripes':
@@ -67,5 +73,5 @@ def make_demo_pool(folder: str | os.PathLike, seed: int = 0) -> Path:
     spec = {'tasks': [{'root': name, 'groups': 'prefix'} for name in DEMO_TASKS]}
     tmp = folder / '.pool.yaml.tmp'
     tmp.write_text(yaml.safe_dump(spec, sort_keys=False))
-    os.replace(tmp, pool_file)   # written last: its presence means the pool is complete
+    os.replace(tmp, pool_file)  # written last: its presence means the pool is complete
     return pool_file

@@ -4,6 +4,7 @@ torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous for m
 without them the run is a single process. Nothing here patches ``print``: the loop asks
 :attr:`Dist.is_main` before writing.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,9 +79,14 @@ def setup(device: str = 'auto') -> Dist:
         timeout = timedelta(minutes=30)
         store, _, _ = next(dist.rendezvous('env://', rank, world_size, timeout=timeout))
         attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
-        dist.init_process_group(backend='nccl' if use_cuda else 'gloo', store=dist.PrefixStore(f'/mtdp/attempt_{attempt}', store),
-                                rank=rank, world_size=world_size, timeout=timeout,
-                                **({'device_id': dev} if use_cuda else {}))
+        dist.init_process_group(
+            backend='nccl' if use_cuda else 'gloo',
+            store=dist.PrefixStore(f'/mtdp/attempt_{attempt}', store),
+            rank=rank,
+            world_size=world_size,
+            timeout=timeout,
+            **({'device_id': dev} if use_cuda else {}),
+        )
     return Dist(rank, world_size, local_rank, dev)
 
 

@@ -50,8 +50,16 @@ from .state import restore_run_state, run_state, seed_everything, weights_finger
 from .step import LossWatch, NonFiniteLossError, TrainStep
 from .validation import check_export, evaluate, validate
 
-__all__ = ['main', 'run_dir_of', 'NonFiniteLossError', 'TrainingInterrupted', 'BadImagesError', 'export_run',
-           'export_checkpoint', 'evaluate']
+__all__ = [
+    'main',
+    'run_dir_of',
+    'NonFiniteLossError',
+    'TrainingInterrupted',
+    'BadImagesError',
+    'export_run',
+    'export_checkpoint',
+    'evaluate',
+]
 
 
 class TrainingInterrupted(Exception):
@@ -59,7 +67,9 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, iteration: int, path: Path | None):
         self.signum, self.iteration, self.path = signum, iteration, path
-        super().__init__(f'stopped by {signal.Signals(signum).name} at iteration {iteration}; checkpoint {path}')
+        super().__init__(
+            f'stopped by {signal.Signals(signum).name} at iteration {iteration}; checkpoint {path}'
+        )
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -84,7 +94,9 @@ def _fault_point(d: Dist, iteration: int) -> None:
 
 def build_pool(cfg: Config, run_dir: Path, d: Dist) -> TaskPool:
     if cfg.pool is None:
-        raise ConfigError('no pool: give --pool POOL.yaml or set "pool:" in the config (pool: demo for the demo)')
+        raise ConfigError(
+            'no pool: give --pool POOL.yaml or set "pool:" in the config (pool: demo for the demo)'
+        )
     if cfg.pool == 'demo':
         from .demo import make_demo_pool  # only the demo needs it
 
@@ -146,13 +158,17 @@ def _open_run(cfg: Config, d: Dist) -> _Run:
             run.resume = found[1]
             changes = resume_changes(run.resume['config'], cfg)
             if changes:
-                raise ConfigError(f'{run_dir} was trained with other settings ({"; ".join(changes)}). Resume with '
-                                  f'its own config (python -m training --resume {run_dir}) or start another run '
-                                  '(--set run.name=NEW)')
+                raise ConfigError(
+                    f'{run_dir} was trained with other settings ({"; ".join(changes)}). Resume with '
+                    f'its own config (python -m training --resume {run_dir}) or start another run '
+                    '(--set run.name=NEW)'
+                )
             monitor.log(f'resuming from {found[0]} (iteration {run.resume["iteration"]})')
     elif ckpt.list_checkpoints(run.checkpoints):
-        raise ConfigError(f'{run.checkpoints} holds checkpoints of an earlier run and run.resume is never: '
-                          'choose another run.name, or run.resume=auto to continue it')
+        raise ConfigError(
+            f'{run.checkpoints} holds checkpoints of an earlier run and run.resume is never: '
+            'choose another run.name, or run.resume=auto to continue it'
+        )
     if d.is_main:
         save_config(cfg, run_dir / 'config.yaml')
     return run
@@ -161,30 +177,51 @@ def _open_run(cfg: Config, d: Dist) -> _Run:
 def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
     """The pool (scanned for undecodable images), the training set and its task-uniform sampler."""
     if cfg.data.batch_size % d.world_size:
-        raise ConfigError(f'data.batch_size {cfg.data.batch_size} is not divisible by the {d.world_size} ranks')
+        raise ConfigError(
+            f'data.batch_size {cfg.data.batch_size} is not divisible by the {d.world_size} ranks'
+        )
     per_rank_batch = cfg.data.batch_size // d.world_size
     pool = build_pool(cfg, run.dir, d)
     skipped: list[str] = []
     if cfg.data.scan_images:
         splits = list(dict.fromkeys([*cfg.data.train_splits, cfg.data.val_split]))
-        report = scan_pool(pool, splits, num_workers=cfg.data.num_workers, progress=cfg.run.progress) \
-            if d.is_main else None
+        report = (
+            scan_pool(pool, splits, num_workers=cfg.data.num_workers, progress=cfg.run.progress)
+            if d.is_main
+            else None
+        )
         report = d.broadcast_object(report)
         apply_bad_image_policy(pool, report, cfg.data.bad_images)  # 'error' raises before any step
         skipped = report.lines()
         if skipped:
-            run.monitor.log(f'skipping {len(skipped)} undecodable image(s) (data.bad_images: skip):\n  '
-                            + '\n  '.join(skipped))
+            run.monitor.log(
+                f'skipping {len(skipped)} undecodable image(s) (data.bad_images: skip):\n  '
+                + '\n  '.join(skipped)
+            )
     dataset_cls = EncodedMultiTaskDataset if cfg.data.decode == 'gpu' else MultiTaskDataset
     train_set = dataset_cls(pool, cfg.data.train_splits, cfg.data.size, cfg.data.bad_images)
-    run.monitor.log(f'pool: {len(pool)} tasks, {len(train_set)} training images; ' + ', '.join(
-        f'{t.name} ({t.num_classes} cl., {n} img)' for t, n in zip(pool.tasks, train_set.task_sizes)))
-    sampler = TaskUniformSampler(train_set.task_sizes, cfg.run.seed, d.rank, d.world_size,
-                                 num_draws=cfg.schedule.iterations * per_rank_batch)
-    loader_kw = dict(num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and d.device.type == 'cuda',
-                     collate_fn=collate_encoded if cfg.data.decode == 'gpu' else None)
+    run.monitor.log(
+        f'pool: {len(pool)} tasks, {len(train_set)} training images; '
+        + ', '.join(
+            f'{t.name} ({t.num_classes} cl., {n} img)' for t, n in zip(pool.tasks, train_set.task_sizes)
+        )
+    )
+    sampler = TaskUniformSampler(
+        train_set.task_sizes,
+        cfg.run.seed,
+        d.rank,
+        d.world_size,
+        num_draws=cfg.schedule.iterations * per_rank_batch,
+    )
+    loader_kw = dict(
+        num_workers=cfg.data.num_workers,
+        pin_memory=cfg.data.pin_memory and d.device.type == 'cuda',
+        collate_fn=collate_encoded if cfg.data.decode == 'gpu' else None,
+    )
     if cfg.data.num_workers > 0:
-        loader_kw.update(persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor)
+        loader_kw.update(
+            persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor
+        )
     return _Data(pool, train_set, sampler, per_rank_batch, loader_kw, skipped)
 
 
@@ -192,18 +229,27 @@ def _build_step(cfg: Config, d: Dist, run: _Run, data: _Data) -> TrainStep:
     """Backbone + heads on the device, SGD with its warm-up schedule, and the training step."""
     seed_everything(cfg.run.seed)  # identical initial heads on every rank
     init = 'random' if run.resume else cfg.model.init
-    backbone = create_backbone(cfg.model.arch, init, cfg.model.imagenet_weights, cfg.model.if_weights_missing,
-                               log=run.monitor.log)
+    backbone = create_backbone(
+        cfg.model.arch, init, cfg.model.imagenet_weights, cfg.model.if_weights_missing, log=run.monitor.log
+    )
     set_training_preprocessing(backbone, cfg.data.size)
     model = MultiTaskNet(backbone, {t.name: t.num_classes for t in data.pool.tasks})
     model.to(d.device, memory_format=_memory_format(cfg))
     opt, S = cfg.optim, cfg.schedule
     optimizer = sgd(model, opt.lr, opt.head_lr_mult, opt.momentum, opt.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambdas(S.warmup_iterations, S.warmup_lr, opt.lr, opt.head_lr_mult))
+        optimizer, lr_lambdas(S.warmup_iterations, S.warmup_lr, opt.lr, opt.head_lr_mult)
+    )
     amp = autocast_dtype(cfg.run.amp, d.device)
-    return TrainStep(model, optimizer, device=d.device, amp_dtype=amp, scheduler=scheduler,
-                     world_size=d.world_size, all_reduce=d.all_reduce_sum if d.enabled else None)
+    return TrainStep(
+        model,
+        optimizer,
+        device=d.device,
+        amp_dtype=amp,
+        scheduler=scheduler,
+        world_size=d.world_size,
+        all_reduce=d.all_reduce_sum if d.enabled else None,
+    )
 
 
 def _memory_format(cfg: Config) -> torch.memory_format:
@@ -227,21 +273,36 @@ def _start(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep) -> int
     if run.resume is not None:
         names = [t['name'] for t in run.resume['tasks']]
         if names != data.pool.names:
-            raise ConfigError(f'the checkpoint was trained on tasks {names}, the pool now has {data.pool.names}')
+            raise ConfigError(
+                f'the checkpoint was trained on tasks {names}, the pool now has {data.pool.names}'
+            )
         start = restore_run_state(run.resume, step, data.sampler)
         run.monitor.resumed_at(start)
         return start
     n_batches = cfg.schedule.bn_recalibration_batches
     if n_batches > 0:
         # Mixed-task batches from a stream of their own (the training stream stays untouched).
-        cal_sampler = TaskUniformSampler(data.train_set.task_sizes, cfg.run.seed + 7919, d.rank, d.world_size,
-                                         num_draws=n_batches * data.per_rank_batch)
-        cal_loader = DataLoader(data.train_set, batch_size=data.per_rank_batch, sampler=cal_sampler,
-                                num_workers=data.loader_kw['num_workers'], pin_memory=data.loader_kw['pin_memory'],
-                                collate_fn=data.loader_kw['collate_fn'])
+        cal_sampler = TaskUniformSampler(
+            data.train_set.task_sizes,
+            cfg.run.seed + 7919,
+            d.rank,
+            d.world_size,
+            num_draws=n_batches * data.per_rank_batch,
+        )
+        cal_loader = DataLoader(
+            data.train_set,
+            batch_size=data.per_rank_batch,
+            sampler=cal_sampler,
+            num_workers=data.loader_kw['num_workers'],
+            pin_memory=data.loader_kw['pin_memory'],
+            collate_fn=data.loader_kw['collate_fn'],
+        )
         to_device = _to_device(cfg, d)
-        n = recalibrate_batchnorm(step.model.backbone, (to_device(x) for x, _, _ in cal_loader),
-                                  all_reduce=d.all_reduce_sum if d.enabled else None)
+        n = recalibrate_batchnorm(
+            step.model.backbone,
+            (to_device(x) for x, _, _ in cal_loader),
+            all_reduce=d.all_reduce_sum if d.enabled else None,
+        )
         run.monitor.log(f'batch-norm re-calibration on {n} mixed-task batches')
     return 0
 
@@ -270,10 +331,14 @@ def _set_phase(cfg: Config, d: Dist, step: TrainStep, frozen: bool, iteration: i
     model.train()
     forward = model
     if d.enabled:
-        forward = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None)
+        forward = DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == 'cuda' else None
+        )
     step.forward = torch.compile(forward) if cfg.run.compile else forward
-    log(f'iteration {iteration}: ' + ('head-only warm-up (backbone frozen, BN in eval mode)' if frozen
-                                      else 'training the whole network'))
+    log(
+        f'iteration {iteration}: '
+        + ('head-only warm-up (backbone frozen, BN in eval mode)' if frozen else 'training the whole network')
+    )
 
 
 def _train(cfg: Config, d: Dist) -> dict:
@@ -293,18 +358,31 @@ def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, star
     """Steps ``start`` .. ``iterations``: log, validate, checkpoint, stop on a signal; returns the last metrics."""
     S, log = cfg.schedule, run.monitor.log
     metrics: dict[str, float] = run.resume.get('metrics', {}) if run.resume else {}
-    extra = {'config': to_dict(cfg), 'tasks': _tasks_meta(data.pool), 'pool_markdown': data.pool.summary_markdown(),
-             'world_size': d.world_size}
+    extra = {
+        'config': to_dict(cfg),
+        'tasks': _tasks_meta(data.pool),
+        'pool_markdown': data.pool.summary_markdown(),
+        'world_size': d.world_size,
+    }
 
     def save(iteration: int) -> Path | None:
         state = run_state(iteration, step, data.sampler, data.per_rank_batch, metrics=metrics, **extra)
-        path = ckpt.save_checkpoint(state, run.checkpoints, iteration, S.keep_checkpoints) if d.is_main else None
+        path = (
+            ckpt.save_checkpoint(state, run.checkpoints, iteration, S.keep_checkpoints) if d.is_main else None
+        )
         d.barrier()
         return path
 
     data.sampler.position = start * data.per_rank_batch
-    batches = iter(DataLoader(data.train_set, batch_size=data.per_rank_batch, sampler=data.sampler, drop_last=True,
-                              **data.loader_kw))
+    batches = iter(
+        DataLoader(
+            data.train_set,
+            batch_size=data.per_rank_batch,
+            sampler=data.sampler,
+            drop_last=True,
+            **data.loader_kw,
+        )
+    )
     to_device = _to_device(cfg, d)
     watch = LossWatch(len(data.pool), d.device)
     t_last, frozen = time.time(), None
@@ -315,7 +393,9 @@ def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, star
             frozen = it < S.warmup_iterations
             _set_phase(cfg, d, step, frozen, it, log)
         x, y, t = next(batches)
-        loss, counts = step(to_device(x), y.to(d.device, non_blocking=True), t.to(d.device, non_blocking=True))
+        loss, counts = step(
+            to_device(x), y.to(d.device, non_blocking=True), t.to(d.device, non_blocking=True)
+        )
         iteration = it + 1
         watch.add(loss, counts, iteration)
         _fault_point(d, iteration)
@@ -330,9 +410,15 @@ def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, star
             now = time.time()
             images_per_s = watch.steps * data.per_rank_batch * d.world_size / max(now - t_last, 1e-9)
             mean_loss = watch.take_mean()
-            run.monitor.scalars(iteration, {'train/loss': mean_loss, 'train/images_per_s': images_per_s,
-                                            'train/lr_backbone': step.optimizer.param_groups[0]['lr'],
-                                            'train/lr_heads': step.optimizer.param_groups[1]['lr']})
+            run.monitor.scalars(
+                iteration,
+                {
+                    'train/loss': mean_loss,
+                    'train/images_per_s': images_per_s,
+                    'train/lr_backbone': step.optimizer.param_groups[0]['lr'],
+                    'train/lr_heads': step.optimizer.param_groups[1]['lr'],
+                },
+            )
             run.monitor.progress(iteration, mean_loss, images_per_s)
             t_last = now
         if is_val:
@@ -361,18 +447,35 @@ def _finish(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, start
         fingerprints = [None] * d.world_size
         torch.distributed.all_gather_object(fingerprints, fingerprint)
     tasks_meta = _tasks_meta(data.pool)
-    summary = {'run_dir': str(run.dir), 'iterations': cfg.schedule.iterations,
-               'resumed_from': start if run.resume else None, 'weights_sha256': fingerprint,
-               'rank_weights_sha256': fingerprints, 'metrics': metrics, 'skipped_images': data.skipped,
-               'wall_time_s': round(time.time() - run.started, 1), 'world_size': d.world_size, 'tasks': tasks_meta}
+    summary = {
+        'run_dir': str(run.dir),
+        'iterations': cfg.schedule.iterations,
+        'resumed_from': start if run.resume else None,
+        'weights_sha256': fingerprint,
+        'rank_weights_sha256': fingerprints,
+        'metrics': metrics,
+        'skipped_images': data.skipped,
+        'wall_time_s': round(time.time() - run.started, 1),
+        'world_size': d.world_size,
+        'tasks': tasks_meta,
+    }
     if d.is_main:
         if cfg.run.export:
-            export_dir = export_run(model, tasks_meta, run.dir / 'export', to_dict(cfg), metrics,
-                                    data.pool.summary_markdown(), cfg.schedule.iterations)
+            export_dir = export_run(
+                model,
+                tasks_meta,
+                run.dir / 'export',
+                to_dict(cfg),
+                metrics,
+                data.pool.summary_markdown(),
+                cfg.schedule.iterations,
+            )
             summary['export'] = str(export_dir)
             run.monitor.log(f'exported the backbone to {export_dir}')
             if cfg.pool == 'demo':
-                summary['export_metrics'] = check_export(export_dir, data.pool, cfg.data.val_split, run.monitor.log)
+                summary['export_metrics'] = check_export(
+                    export_dir, data.pool, cfg.data.val_split, run.monitor.log
+                )
         _io.atomic_write_text(run.dir / 'summary.json', json.dumps(summary, indent=2) + '\n')
     d.barrier()
     return summary

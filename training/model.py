@@ -8,6 +8,7 @@ head (``-inf`` logits take no probability and get zero gradient), needs no data-
 (no host syncs, no ``find_unused_parameters`` under DDP), and a head whose task is absent gets an
 exact zero gradient.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,7 +68,7 @@ class MultiTaskNet(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.backbone_frozen:
-            self.backbone.eval()   # keep BN statistics frozen across model.train() calls
+            self.backbone.eval()  # keep BN statistics frozen across model.train() calls
         return self
 
     def head_logits(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
@@ -100,8 +101,13 @@ def _load_weights_file(path: Path) -> dict:
     return split_mtdp_checkpoint(state)[0] if is_mtdp_layout(state) else state
 
 
-def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | None = None,
-                    if_missing: str = 'error', log=print) -> nn.Module:
+def create_backbone(
+    arch: str,
+    init: str = 'imagenet',
+    imagenet_weights: str | None = None,
+    if_missing: str = 'error',
+    log=print,
+) -> nn.Module:
     """A timm backbone with ``num_classes=0``, initialised from ImageNet, a local file, or randomly."""
     backbone = timm.create_model(arch, pretrained=False, num_classes=0)
     if init == 'imagenet':
@@ -109,11 +115,15 @@ def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | N
         try:
             reference = timm.create_model(source, pretrained=True, num_classes=0)
         except Exception as e:  # offline hub, missing cache, HTTP errors: timm raises many types
-            message = (f'ImageNet weights {source!r} are neither cached nor reachable '
-                       f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})')
+            message = (
+                f'ImageNet weights {source!r} are neither cached nor reachable '
+                f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+            )
             if if_missing != 'random':
-                raise WeightsUnavailableError(message + '; set model.if_weights_missing=random to start from random '
-                                              'weights, or model.init=PATH to a local file') from e
+                raise WeightsUnavailableError(
+                    message + '; set model.if_weights_missing=random to start from random '
+                    'weights, or model.init=PATH to a local file'
+                ) from e
             log(f'WARNING: {message}; starting from RANDOM weights (model.if_weights_missing=random)')
         else:
             backbone.load_state_dict(reference.state_dict(), strict=True)
@@ -128,8 +138,10 @@ def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | N
             state.pop(k)
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise CheckpointError(f'model.init {path} does not fit {arch}: missing keys {missing[:8]}'
-                             f'{"..." if len(missing) > 8 else ""}, unexpected keys {unexpected[:8]}')
+            raise CheckpointError(
+                f'model.init {path} does not fit {arch}: missing keys {missing[:8]}'
+                f'{"..." if len(missing) > 8 else ""}, unexpected keys {unexpected[:8]}'
+            )
         log(f'initialised the backbone from {path}')
     return backbone
 
@@ -137,8 +149,18 @@ def create_backbone(arch: str, init: str = 'imagenet', imagenet_weights: str | N
 def set_training_preprocessing(backbone: nn.Module, size: int) -> None:
     """Record the preprocessing of the training run in the backbone's pretrained_cfg (goes to config.json)."""
     cfg = dict(getattr(backbone, 'pretrained_cfg', None) or {})
-    cfg.update(tag=None, hf_hub_id=None, url=None, file=None, input_size=(3, size, size), crop_pct=1.0,
-               crop_mode='center', interpolation='bilinear', mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               num_classes=0)
+    cfg.update(
+        tag=None,
+        hf_hub_id=None,
+        url=None,
+        file=None,
+        input_size=(3, size, size),
+        crop_pct=1.0,
+        crop_mode='center',
+        interpolation='bilinear',
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        num_classes=0,
+    )
     cfg = {k: v for k, v in cfg.items() if v is not None or k == 'tag'}
     backbone.pretrained_cfg = cfg

@@ -1,5 +1,6 @@
 """What a run reports: a tqdm bar (loss, img/s, ETA), ``metrics.csv``, ``log.txt`` and TensorBoard
 when the ``tensorboard`` package is installed. Only the main rank writes."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,15 @@ __all__ = ['Monitor']
 
 
 class Monitor:
-    def __init__(self, run_dir: Path, enabled: bool, start: int, total: int, progress: bool = True,
-                 tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        start: int,
+        total: int,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ):
         self.enabled, self.run_dir = enabled, Path(run_dir)
         self.bar = self.writer = None
         self._csv = None
@@ -28,12 +36,15 @@ class Monitor:
         self._log = open(self.run_dir / 'log.txt', 'a')
         if progress:
             from tqdm import tqdm
+
             # disable=None: a bar on a terminal, none in a piped or captured log (the log lines stay)
-            self.bar = tqdm(total=total, initial=start, unit='it', dynamic_ncols=True, file=sys.stderr, disable=None)
+            self.bar = tqdm(
+                total=total, initial=start, unit='it', dynamic_ncols=True, file=sys.stderr, disable=None
+            )
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:   # tensorboard not installed: CSV only
+            except ImportError:  # tensorboard not installed: CSV only
                 pass
             else:
                 self.writer = SummaryWriter(str(self.run_dir / 'tensorboard'))
@@ -76,7 +87,7 @@ class Monitor:
         self._csv_file.flush()
 
     def progress(self, iteration: int, loss: float, images_per_s: float) -> None:
-        if self.bar is None or self.bar.disable:   # no bar (not a terminal): a plain line instead
+        if self.bar is None or self.bar.disable:  # no bar (not a terminal): a plain line instead
             if self.enabled:
                 self.log(f'iteration {iteration}: loss {loss:.4f}, {images_per_s:.1f} img/s')
         else:

@@ -18,6 +18,7 @@ A pool file (YAML) lists tasks::
 A split may be missing (a task without validation data, as UMCM in the paper). Every problem
 found here raises :class:`PoolError` naming the task, before any training starts.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,7 +37,17 @@ from mtdp_hub.tasks import SPLITS, read_task_folder
 
 __all__ = ['PoolError', 'Task', 'TaskPool', 'load_pool', 'SPLITS']
 
-_TASK_KEYS = {'name', 'root', 'classes', 'groups', 'hf', 'image_column', 'label_column', 'group_column', 'splits'}
+_TASK_KEYS = {
+    'name',
+    'root',
+    'classes',
+    'groups',
+    'hf',
+    'image_column',
+    'label_column',
+    'group_column',
+    'splits',
+}
 _POOL_KEYS = {'tasks', 'train_splits'}
 _HF_SPLIT_ALIASES = {'train': ('train',), 'val': ('val', 'validation', 'valid'), 'test': ('test',)}
 
@@ -48,7 +59,8 @@ class PoolError(MtdpError, ValueError):
 @dataclass
 class Split:
     """One split of one task: how to reach each image, its label and optional group id."""
-    items: list[Any]                  # folder tasks: paths; datasets tasks: row indices
+
+    items: list[Any]  # folder tasks: paths; datasets tasks: row indices
     labels: list[int]
     groups: list[str | None] = field(default_factory=list)
 
@@ -59,11 +71,12 @@ class Split:
 @dataclass
 class Task:
     """A classification task: a name (the head's name), its classes and its splits."""
+
     name: str
     classes: list[str]
     splits: dict[str, Split]
-    source: str                       # the root folder or the datasets source, for messages and the card
-    _hf: Any = None                   # a datasets.DatasetDict (for datasets tasks)
+    source: str  # the root folder or the datasets source, for messages and the card
+    _hf: Any = None  # a datasets.DatasetDict (for datasets tasks)
     _hf_split_names: dict[str, str] = field(default_factory=dict)
     _image_column: str = 'image'
 
@@ -83,14 +96,19 @@ class Task:
         item = self.splits[split].items[index]
         if self._hf is None:
             return open_rgb(item)
-        return _decode_hf(self._hf[self._hf_split_names[split]][int(item)][self._image_column], self.describe(split, index))
+        return _decode_hf(
+            self._hf[self._hf_split_names[split]][int(item)][self._image_column], self.describe(split, index)
+        )
 
     def remove(self, split: str, indices: set[int]) -> None:
         """Drop images (e.g. undecodable ones under ``bad_images: skip``)."""
         s = self.splits[split]
         keep = [i for i in range(len(s)) if i not in indices]
-        self.splits[split] = Split([s.items[i] for i in keep], [s.labels[i] for i in keep],
-                                   [s.groups[i] for i in keep] if s.groups else [])
+        self.splits[split] = Split(
+            [s.items[i] for i in keep],
+            [s.labels[i] for i in keep],
+            [s.groups[i] for i in keep] if s.groups else [],
+        )
 
 
 def _decode_hf(value: Any, where: str):
@@ -140,14 +158,19 @@ def _folder_task(spec: dict, name: str, base: Path) -> Task:
         root = base / root
     grouped = spec.get('groups')
     if grouped not in (None, False, 'prefix'):
-        raise PoolError(f"task {name!r}: groups must be 'prefix' (file name before the first '_'), got {grouped!r}")
+        raise PoolError(
+            f"task {name!r}: groups must be 'prefix' (file name before the first '_'), got {grouped!r}"
+        )
     wanted = spec.get('classes')
     try:
         folder = read_task_folder(root, classes=[str(c) for c in wanted] if wanted else None)
     except TaskFolderError as e:
         raise PoolError(f'task {name!r}: {e}') from e
-    splits = {s: Split([str(p) for p in split.paths], list(split.labels), split.groups if grouped else [])
-              for s, split in folder.splits.items() if len(split)}
+    splits = {
+        s: Split([str(p) for p in split.paths], list(split.labels), split.groups if grouped else [])
+        for s, split in folder.splits.items()
+        if len(split)
+    }
     return Task(name, folder.class_names, splits, str(folder.root))
 
 
@@ -155,13 +178,17 @@ def _hf_task(spec: dict, name: str) -> Task:
     try:
         import datasets
     except ImportError as e:
-        raise PoolError(f'task {name!r}: a datasets source needs `pip install datasets` (the [train] extra)') from e
+        raise PoolError(
+            f'task {name!r}: a datasets source needs `pip install datasets` (the [train] extra)'
+        ) from e
     source = spec['hf']
     kwargs = {'path': source} if isinstance(source, str) else dict(source)
     try:
         loaded = datasets.load_dataset(**kwargs)
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ...)
-        raise PoolError(f'task {name!r}: cannot load datasets source {kwargs}: {type(e).__name__}: {e}') from e
+        raise PoolError(
+            f'task {name!r}: cannot load datasets source {kwargs}: {type(e).__name__}: {e}'
+        ) from e
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({'train': loaded})
     image_col, label_col = spec.get('image_column', 'image'), spec.get('label_column', 'label')
@@ -179,13 +206,17 @@ def _hf_task(spec: dict, name: str) -> Task:
                 break
         else:
             if ours in mapping:
-                raise PoolError(f'task {name!r}: the source has no split {mapping[ours]!r} (has {", ".join(loaded)})')
+                raise PoolError(
+                    f'task {name!r}: the source has no split {mapping[ours]!r} (has {", ".join(loaded)})'
+                )
     first = loaded[next(iter(split_names.values()))] if split_names else None
     if first is None:
         raise PoolError(f'task {name!r}: the source has no train/val/test split (has {", ".join(loaded)})')
     for col in (image_col, label_col) + ((group_col,) if group_col else ()):
         if col not in first.column_names:
-            raise PoolError(f'task {name!r}: the source has no column {col!r} (columns: {", ".join(first.column_names)})')
+            raise PoolError(
+                f'task {name!r}: the source has no column {col!r} (columns: {", ".join(first.column_names)})'
+            )
     feature = first.features[label_col]
     names = getattr(feature, 'names', None)
     if names:
@@ -212,8 +243,12 @@ def _hf_task(spec: dict, name: str) -> Task:
         rows = [i for i, v in enumerate(raw_labels) if v in to_label]
         if rows:
             groups = [str(g) for g in ds[group_col]] if group_col else []
-            splits[ours] = Split(rows, [to_label[raw_labels[i]] for i in rows], [groups[i] for i in rows] if groups else [])
-    return Task(name, classes, splits, str(kwargs), _hf=loaded, _hf_split_names=split_names, _image_column=image_col)
+            splits[ours] = Split(
+                rows, [to_label[raw_labels[i]] for i in rows], [groups[i] for i in rows] if groups else []
+            )
+    return Task(
+        name, classes, splits, str(kwargs), _hf=loaded, _hf_split_names=split_names, _image_column=image_col
+    )
 
 
 def _validate(task: Task, train_splits: Sequence[str], val_split: str | None) -> None:
@@ -221,26 +256,37 @@ def _validate(task: Task, train_splits: Sequence[str], val_split: str | None) ->
     if not task.splits:
         raise PoolError(f'task {name!r}: no images found in {task.source}')
     if not any(s in task.splits for s in train_splits):
-        raise PoolError(f'task {name!r}: no training images (splits {", ".join(train_splits)} are empty or missing '
-                        f'in {task.source})')
+        raise PoolError(
+            f'task {name!r}: no training images (splits {", ".join(train_splits)} are empty or missing '
+            f'in {task.source})'
+        )
     if task.num_classes < 2:
-        raise PoolError(f'task {name!r}: has {task.num_classes} class ({", ".join(task.classes)}); '
-                        'a classification task needs at least 2')
+        raise PoolError(
+            f'task {name!r}: has {task.num_classes} class ({", ".join(task.classes)}); '
+            'a classification task needs at least 2'
+        )
     train_labels = {lab for s in train_splits if s in task.splits for lab in task.splits[s].labels}
     for s, split in task.splits.items():
         extra = set(split.labels) - train_labels
         if extra:
-            raise PoolError(f'task {name!r}: classes {sorted(task.classes[i] for i in extra)} appear in split {s!r} '
-                            'but not in the training split(s)')
+            raise PoolError(
+                f'task {name!r}: classes {sorted(task.classes[i] for i in extra)} appear in split {s!r} '
+                'but not in the training split(s)'
+            )
     for s, split in task.splits.items():
         missing = set(range(task.num_classes)) - set(split.labels)
         if missing:
-            raise PoolError(f'task {name!r}: split {s!r} has no images of classes '
-                            f'{sorted(task.classes[i] for i in missing)} (every class must be in every split)')
+            raise PoolError(
+                f'task {name!r}: split {s!r} has no images of classes '
+                f'{sorted(task.classes[i] for i in missing)} (every class must be in every split)'
+            )
 
 
-def load_pool(path_or_spec: str | os.PathLike | dict, train_splits: Sequence[str] | None = None,
-              val_split: str | None = 'val') -> TaskPool:
+def load_pool(
+    path_or_spec: str | os.PathLike | dict,
+    train_splits: Sequence[str] | None = None,
+    val_split: str | None = 'val',
+) -> TaskPool:
     """Read and validate a pool definition (a YAML file or the same structure as a dict)."""
     if isinstance(path_or_spec, dict):
         spec, base, where = path_or_spec, Path.cwd(), 'pool'
@@ -268,14 +314,18 @@ def load_pool(path_or_spec: str | os.PathLike | dict, train_splits: Sequence[str
         if unknown:
             raise PoolError(f'task {label!r}: unknown keys {sorted(unknown)} (known: {sorted(_TASK_KEYS)})')
         if ('root' in t) == ('hf' in t):
-            raise PoolError(f'task {label!r}: give exactly one of "root" (a folder) or "hf" (a datasets source)')
+            raise PoolError(
+                f'task {label!r}: give exactly one of "root" (a folder) or "hf" (a datasets source)'
+            )
         if 'hf' in t and not t.get('name'):
             raise PoolError(f'task {label!r}: a datasets task needs a "name"')
         names.append(str(label))
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise PoolError(f'{where}: duplicate task names {dupes}; give each task a distinct "name" '
-                        '(it names the task head)')
+        raise PoolError(
+            f'{where}: duplicate task names {dupes}; give each task a distinct "name" '
+            '(it names the task head)'
+        )
     tasks = []
     for name, t in zip(names, spec['tasks']):
         task = _folder_task(t, name, base) if 'root' in t else _hf_task(t, name)

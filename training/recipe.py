@@ -6,6 +6,7 @@
 - :func:`lr_lambdas`: head-only warm-up at its own LR, then constant LRs.
 - :func:`recalibrate_batchnorm`: BN statistics from mixed-task batches, output unchanged.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -16,8 +17,15 @@ from torch import nn
 
 from .model import MultiTaskNet
 
-__all__ = ['multitask_loss', 'task_counts', 'rescale_head_grads', 'param_groups', 'sgd', 'lr_lambdas',
-           'recalibrate_batchnorm']
+__all__ = [
+    'multitask_loss',
+    'task_counts',
+    'rescale_head_grads',
+    'param_groups',
+    'sgd',
+    'lr_lambdas',
+    'recalibrate_batchnorm',
+]
 
 
 def multitask_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -52,13 +60,24 @@ def param_groups(model: MultiTaskNet, lr: float, head_lr_mult: float) -> list[di
     ]
 
 
-def sgd(model: MultiTaskNet, lr: float, head_lr_mult: float = 1.0, momentum: float = 0.9,
-        weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.SGD:
+def sgd(
+    model: MultiTaskNet,
+    lr: float,
+    head_lr_mult: float = 1.0,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    fused: bool | None = None,
+) -> torch.optim.SGD:
     """SGD over :func:`param_groups`; ``fused`` (default: on CUDA) runs the update as a few fused kernels."""
     if fused is None:
         fused = next(model.parameters()).device.type == 'cuda'
-    return torch.optim.SGD(param_groups(model, lr, head_lr_mult), lr=lr, momentum=momentum,
-                           weight_decay=weight_decay, fused=fused or None)
+    return torch.optim.SGD(
+        param_groups(model, lr, head_lr_mult),
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        fused=fused or None,
+    )
 
 
 def lr_lambdas(warmup_iterations: int, warmup_lr: float, lr: float, head_lr_mult: float) -> list[Callable]:
@@ -79,8 +98,11 @@ def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
-                          all_reduce: Callable[[torch.Tensor], None] | None = None) -> int:
+def recalibrate_batchnorm(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    all_reduce: Callable[[torch.Tensor], None] | None = None,
+) -> int:
     """Re-estimate every affine BN layer's statistics on ``batches`` without changing its output.
 
     For each BN input, the per-channel mean mu_t and unbiased variance var_t over all batches
@@ -102,7 +124,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
         sums[module] = (s, n) if prev is None else (prev[0] + s, prev[1] + n)
 
     was_training = model.training
-    model.eval()   # eval: the forward itself must not touch the statistics
+    model.eval()  # eval: the forward itself must not touch the statistics
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     n_batches = 0
     try:
@@ -121,7 +143,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor],
         if all_reduce is not None:
             all_reduce(totals)
         c = m.num_features
-        total_sum, total_sq, count = totals[:c], totals[c:2 * c], totals[-1]
+        total_sum, total_sq, count = totals[:c], totals[c : 2 * c], totals[-1]
         mean_t = total_sum / count
         var_t = ((total_sq - total_sum * mean_t) / (count - 1)).clamp(min=0)
         mean_s, var_s = m.running_mean.double(), m.running_var.double()

@@ -6,6 +6,7 @@ it is cut in chunks, each generated from its own seed, so a resumed run jumps st
 position, and each rank of a distributed run reads its own stream. Every draw also carries a
 seed for its augmentation, so the images do not depend on the number of DataLoader workers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -34,22 +35,28 @@ class TaskUniformSampler(Sampler):
         num_draws: how many draws one pass yields (``None``: endless).
     """
 
-    def __init__(self, task_sizes: Sequence[int], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_draws: int | None = None):
+    def __init__(
+        self,
+        task_sizes: Sequence[int],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_draws: int | None = None,
+    ):
         if not task_sizes or min(task_sizes) <= 0:
             raise ValueError(f'every task needs at least one image, got sizes {list(task_sizes)}')
         self.task_sizes = np.asarray(task_sizes, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.task_sizes)[:-1]])
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.num_draws = num_draws
-        self.position = 0   # draws already consumed (set by the loop / load_state_dict)
+        self.position = 0  # draws already consumed (set by the loop / load_state_dict)
 
     def chunk(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Draws ``[c * CHUNK, (c + 1) * CHUNK)`` of this rank's stream: (flat index, task, aug seed)."""
         rng = np.random.default_rng([self.seed, self.rank, c, 0x6D746470])
         tasks = rng.integers(0, len(self.task_sizes), _CHUNK)
         within = np.floor(rng.random(_CHUNK) * self.task_sizes[tasks]).astype(np.int64)
-        aug = rng.integers(0, 2 ** 62, _CHUNK, dtype=np.int64)
+        aug = rng.integers(0, 2**62, _CHUNK, dtype=np.int64)
         return self.offsets[tasks] + within, tasks, aug
 
     def draws(self, start: int, count: int) -> Iterator[tuple[int, int]]:
@@ -76,14 +83,23 @@ class TaskUniformSampler(Sampler):
         return max(0, self.num_draws - self.position)
 
     def state_dict(self) -> dict:
-        return {'seed': self.seed, 'rank': self.rank, 'world_size': self.world_size, 'position': self.position,
-                'task_sizes': self.task_sizes.tolist()}
+        return {
+            'seed': self.seed,
+            'rank': self.rank,
+            'world_size': self.world_size,
+            'position': self.position,
+            'task_sizes': self.task_sizes.tolist(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if list(state['task_sizes']) != self.task_sizes.tolist():
-            raise ValueError(f'the pool changed since the checkpoint: task sizes {state["task_sizes"]} '
-                             f'then, {self.task_sizes.tolist()} now')
+            raise ValueError(
+                f'the pool changed since the checkpoint: task sizes {state["task_sizes"]} '
+                f'then, {self.task_sizes.tolist()} now'
+            )
         if (state['seed'], state['world_size']) != (self.seed, self.world_size):
-            raise ValueError(f'cannot resume a stream of seed {state["seed"]} / {state["world_size"]} ranks with '
-                             f'seed {self.seed} / {self.world_size} ranks')
+            raise ValueError(
+                f'cannot resume a stream of seed {state["seed"]} / {state["world_size"]} ranks with '
+                f'seed {self.seed} / {self.world_size} ranks'
+            )
         self.position = int(state['position'])

@@ -12,7 +12,14 @@ import torch
 from .sampler import TaskUniformSampler
 from .step import TrainStep
 
-__all__ = ['seed_everything', 'rng_state', 'set_rng_state', 'weights_fingerprint', 'run_state', 'restore_run_state']
+__all__ = [
+    'seed_everything',
+    'rng_state',
+    'set_rng_state',
+    'weights_fingerprint',
+    'run_state',
+    'restore_run_state',
+]
 
 
 def seed_everything(seed: int) -> None:
@@ -45,12 +52,21 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def run_state(iteration: int, step: TrainStep, sampler: TaskUniformSampler, per_rank_batch: int, **extra) -> dict:
+def run_state(
+    iteration: int, step: TrainStep, sampler: TaskUniformSampler, per_rank_batch: int, **extra
+) -> dict:
     """The checkpoint of a run after ``iteration`` steps; ``extra`` adds config, tasks, metrics, ..."""
     sampler.position = iteration * per_rank_batch
-    return {'iteration': iteration, 'model': step.model.state_dict(), 'optimizer': step.optimizer.state_dict(),
-            'scheduler': step.scheduler.state_dict(), 'scaler': step.scaler.state_dict(),
-            'sampler': sampler.state_dict(), 'rng': rng_state(), **extra}
+    return {
+        'iteration': iteration,
+        'model': step.model.state_dict(),
+        'optimizer': step.optimizer.state_dict(),
+        'scheduler': step.scheduler.state_dict(),
+        'scaler': step.scaler.state_dict(),
+        'sampler': sampler.state_dict(),
+        'rng': rng_state(),
+        **extra,
+    }
 
 
 def restore_run_state(state: dict, step: TrainStep, sampler: TaskUniformSampler) -> int:

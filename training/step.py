@@ -60,7 +60,9 @@ class TrainStep:
         self.num_tasks = len(model.heads)
         self.forward: nn.Module = model
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on one batch; returns the detached loss and this rank's task counts (device tensors)."""
         with autocast(self.device, self.amp_dtype):
             logits = self.forward(x, t)
@@ -68,8 +70,12 @@ class TrainStep:
         counts = task_counts(t, self.num_tasks)
         global_counts = self.all_reduce(counts.clone()) if self.all_reduce is not None else counts
         global_batch = x.shape[0] * self.world_size
-        optimizer_step(loss, self.optimizer, self.scaler,
-                       before_step=lambda: rescale_head_grads(self.model, global_counts, global_batch))
+        optimizer_step(
+            loss,
+            self.optimizer,
+            self.scaler,
+            before_step=lambda: rescale_head_grads(self.model, global_counts, global_batch),
+        )
         if self.scheduler is not None:
             self.scheduler.step()
         return loss.detach(), counts
@@ -91,8 +97,9 @@ class LossWatch:
         self.loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0)
         self.steps += 1
 
-    def check(self, any_rank: Callable[[bool], bool], task_names: list[str], iteration: int,
-              checkpoints: list) -> None:
+    def check(
+        self, any_rank: Callable[[bool], bool], task_names: list[str], iteration: int, checkpoints: list
+    ) -> None:
         """Raise :class:`NonFiniteLossError` when any rank saw a non-finite loss (syncs with the device).
 
         ``any_rank`` ORs a flag over the ranks; ``checkpoints`` are the saved ones, oldest first.
@@ -105,7 +112,8 @@ class LossWatch:
         raise NonFiniteLossError(
             f'non-finite loss at iteration {bad_it} (tasks in the batch: {present or "n/a (another rank)"}); '
             f'stopping. The last good checkpoint is {last[-1] if last else "none (no checkpoint yet)"}. '
-            'Lower optim.lr / head_lr_mult or use run.amp=bf16/none.')
+            'Lower optim.lr / head_lr_mult or use run.amp=bf16/none.'
+        )
 
     def take_mean(self) -> float:
         mean = float(self.loss_sum.item()) / max(self.steps, 1)

@@ -30,8 +30,15 @@ __all__ = ['evaluate', 'validate', 'check_export']
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskNet, pool: TaskPool, split: str, batch_size: int, device: torch.device,
-             num_workers: int = 0, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+def evaluate(
+    model: MultiTaskNet,
+    pool: TaskPool,
+    split: str,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Per-task accuracy (every task) and ROC AUC (binary tasks) on ``split``."""
     transform = eval_transform(data_config(model.backbone))
     was_training = model.training
@@ -41,13 +48,17 @@ def evaluate(model: MultiTaskNet, pool: TaskPool, split: str, batch_size: int, d
         for t, task in enumerate(pool.tasks):
             if split not in task.splits:
                 continue
-            loader = DataLoader(SplitDataset(pool, t, split, transform), batch_size=batch_size,
-                                num_workers=num_workers, pin_memory=device.type == 'cuda')
+            loader = DataLoader(
+                SplitDataset(pool, t, split, transform),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=device.type == 'cuda',
+            )
             probs, labels = [], []
             for x, y, ti in loader:
                 x = x.to(device, non_blocking=True)
                 with autocast(device, amp_dtype):
-                    logits = model(x, ti.to(device))[:, :task.num_classes]
+                    logits = model(x, ti.to(device))[:, : task.num_classes]
                 probs.append(logits.float().softmax(1).cpu())
                 labels.append(y)
             p, y = torch.cat(probs), torch.cat(labels)
@@ -59,13 +70,21 @@ def evaluate(model: MultiTaskNet, pool: TaskPool, split: str, batch_size: int, d
     return metrics
 
 
-def validate(model: MultiTaskNet, pool: TaskPool, cfg: Config, d: Dist, amp_dtype, iteration: int,
-             monitor: Monitor) -> dict[str, float]:
+def validate(
+    model: MultiTaskNet, pool: TaskPool, cfg: Config, d: Dist, amp_dtype, iteration: int, monitor: Monitor
+) -> dict[str, float]:
     """Validate on the main rank, record the metrics, and wait for the other ranks."""
     metrics = {}
     if d.is_main:
-        metrics = evaluate(model, pool, cfg.data.val_split, cfg.data.eval_batch_size, d.device,
-                           cfg.data.num_workers, amp_dtype)
+        metrics = evaluate(
+            model,
+            pool,
+            cfg.data.val_split,
+            cfg.data.eval_batch_size,
+            d.device,
+            cfg.data.num_workers,
+            amp_dtype,
+        )
         monitor.scalars(iteration, metrics)
         if metrics:
             monitor.log(f'iteration {iteration}: ' + ', '.join(f'{k} {v:.3f}' for k, v in metrics.items()))
@@ -83,6 +102,8 @@ def check_export(export_dir: Path, pool: TaskPool, split: str, log=print) -> dic
     for task in pool.tasks:
         acc = metrics.get(f'{split}/{task.name}/acc')
         if acc is not None:
-            log(f'  reloaded export, {task.name} ({task.num_classes} classes, chance {1 / task.num_classes:.2f}): '
-                f'{split} accuracy {acc:.3f}')
+            log(
+                f'  reloaded export, {task.name} ({task.num_classes} classes, chance {1 / task.num_classes:.2f}): '
+                f'{split} accuracy {acc:.3f}'
+            )
     return metrics

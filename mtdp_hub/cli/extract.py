@@ -12,31 +12,58 @@ from .options import add_extraction_options
 
 def _run(args: argparse.Namespace) -> int:
     stats = extract_features(
-        args.model, args.input, args.output, seed=args.seed, layer=args.layer, tta=args.tta,
-        img_size=args.img_size, device=args.device, precision=args.precision, labels=not args.no_labels,
-        split=args.split, image_column=args.image_column, label_column=args.label_column,
-        batch_size=args.batch_size, num_workers=args.workers, on_error=args.on_error,
-        save_every=args.save_every, overwrite=args.overwrite, progress=not args.no_progress)
+        args.model,
+        args.input,
+        args.output,
+        seed=args.seed,
+        layer=args.layer,
+        tta=args.tta,
+        img_size=args.img_size,
+        device=args.device,
+        precision=args.precision,
+        labels=not args.no_labels,
+        split=args.split,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        on_error=args.on_error,
+        save_every=args.save_every,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     failed = stats.pop('failed')
     print(json.dumps(stats, indent=1))
     if failed:
-        print(f'{len(failed)} unreadable image(s) skipped, listed in the output metadata under "failed"',
-              file=sys.stderr)
+        print(
+            f'{len(failed)} unreadable image(s) skipped, listed in the output metadata under "failed"',
+            file=sys.stderr,
+        )
     return 0
 
 
 def add_cli(sub) -> argparse.ArgumentParser:
     """Add ``mtdp extract`` to an argparse ``subparsers`` object."""
-    p = sub.add_parser('extract', help='extract features of many images into safetensors/Parquet',
-                       description='Batch feature extraction: images in, one feature row per image out '
-                                   '(safetensors or Parquet); a rerun resumes.')
+    p = sub.add_parser(
+        'extract',
+        help='extract features of many images into safetensors/Parquet',
+        description='Batch feature extraction: images in, one feature row per image out '
+        '(safetensors or Parquet); a rerun resumes.',
+    )
     p.add_argument('--model', required=True, help='timm name, hf-hub:ORG/NAME, local-dir:PATH or random:ARCH')
-    p.add_argument('--input', required=True,
-                   help='folder (recursive; parent folder = label), .txt/.csv file list, or datasets:NAME')
+    p.add_argument(
+        '--input',
+        required=True,
+        help='folder (recursive; parent folder = label), .txt/.csv file list, or datasets:NAME',
+    )
     p.add_argument('--output', required=True, help='.safetensors or .parquet; an existing one is resumed')
     add_extraction_options(p)
-    p.add_argument('--on-error', default='skip', choices=['skip', 'error'],
-                   help='unreadable images: skip and list them in the metadata (default) or stop')
+    p.add_argument(
+        '--on-error',
+        default='skip',
+        choices=['skip', 'error'],
+        help='unreadable images: skip and list them in the metadata (default) or stop',
+    )
     p.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
     p.add_argument('--no-labels', action='store_true', help='do not take labels from folder names')
     p.add_argument('--split', default=None, help='datasets source: split (default train)')

@@ -28,7 +28,9 @@ def _print_checksums(folder) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    folder = convert_mtdp_checkpoint(args.checkpoint, args.out, model_name=args.model, overwrite=args.overwrite)
+    folder = convert_mtdp_checkpoint(
+        args.checkpoint, args.out, model_name=args.model, overwrite=args.overwrite
+    )
     _print_checksums(folder)
     return 0
 
@@ -44,8 +46,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    files = push_folder(args.folder, args.repo_id, dry_run=not args.upload, private=args.private,
-                        revision=args.revision)
+    files = push_folder(
+        args.folder, args.repo_id, dry_run=not args.upload, private=args.private, revision=args.revision
+    )
     verb = 'uploaded' if args.upload else 'would upload (dry run; add --upload to send)'
     print(f'{verb} to {args.repo_id}:')
     for path in files:
@@ -58,10 +61,14 @@ def add_cli(sub) -> None:
     p = sub.add_parser('list', help='list the pretrained models and their Hub repos')
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser('convert', help='original mtdp .pth -> Hugging Face folder (safetensors, config, card, heads)')
+    p = sub.add_parser(
+        'convert', help='original mtdp .pth -> Hugging Face folder (safetensors, config, card, heads)'
+    )
     p.add_argument('checkpoint', help='original mtdp checkpoint (.pth)')
     p.add_argument('--out', required=True, help='folder to write')
-    p.add_argument('--model', default=None, help='registry row, e.g. mtdp_resnet50.mtdp22 (default: from the keys)')
+    p.add_argument(
+        '--model', default=None, help='registry row, e.g. mtdp_resnet50.mtdp22 (default: from the keys)'
+    )
     p.add_argument('--overwrite', action='store_true', help='replace an existing folder')
     p.set_defaults(func=_cmd_convert)
 

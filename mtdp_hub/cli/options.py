@@ -7,8 +7,10 @@ import argparse
 from ..features.runtime import PRECISIONS
 
 TTA_CHOICES = ('none', 'flip3', 'flip4')  # mtdp_hub.features.extractor.TTA_VIEWS
-LAYER_HELP = ("'pooled' (final pooled features), 'trunc' (stage before last, pooled: "
-              'ResNet50 layer3 -> 1024-d, as CLAM) or a stage index')
+LAYER_HELP = (
+    "'pooled' (final pooled features), 'trunc' (stage before last, pooled: "
+    'ResNet50 layer3 -> 1024-d, as CLAM) or a stage index'
+)
 
 
 def add_extraction_options(group: argparse._ActionsContainer) -> None:
@@ -17,8 +19,14 @@ def add_extraction_options(group: argparse._ActionsContainer) -> None:
     group.add_argument('--tta', default='none', choices=TTA_CHOICES, help='average over flipped views')
     group.add_argument('--img-size', type=int, default=None, help="override the model's input size")
     group.add_argument('--batch-size', type=int, default=64, help='extraction batch size')
-    group.add_argument('--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    group.add_argument('--precision', default='auto', choices=PRECISIONS,
-                       help='autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)')
+    group.add_argument(
+        '--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    group.add_argument(
+        '--precision',
+        default='auto',
+        choices=PRECISIONS,
+        help='autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)',
+    )
     group.add_argument('--workers', type=int, default=None, help='DataLoader workers (default: min(8, CPUs))')
     group.add_argument('--no-progress', action='store_true', help='no progress bar')

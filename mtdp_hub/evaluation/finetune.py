@@ -7,6 +7,7 @@ epoch of the first learning rate is used, and the result says so. Training augme
 paper's: random horizontal and vertical flips before the model's own eval preprocessing. On CUDA:
 autocast (bf16/fp16 with a grad scaler), channels_last, pinned memory and loader workers.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,12 +35,12 @@ class FinetuneConfig:
     epochs: int = 100
     lrs: Sequence[float] = LR_GRID
     batch_size: int = 32
-    optimizer: str = 'sgd'          # 'sgd' (momentum 0.9) or 'adam'
+    optimizer: str = 'sgd'  # 'sgd' (momentum 0.9) or 'adam'
     momentum: float = 0.9
     weight_decay: float = 0.0
     img_size: int | None = None
     device: str = 'auto'
-    precision: str = 'auto'         # autocast: see mtdp_hub.features.runtime (auto = bf16 on CUDA, fp32 on CPU)
+    precision: str = 'auto'  # autocast: see mtdp_hub.features.runtime (auto = bf16 on CUDA, fp32 on CPU)
     channels_last: bool | None = None
     num_workers: int = 4
     max_steps_per_epoch: int | None = None  # for smoke tests
@@ -77,13 +78,21 @@ def _train_transform(eval_tf):
 def _loader(split: Split, transform, cfg: FinetuneConfig, device: torch.device, *, shuffle: bool, seed: int):
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        _ImageDataset(split, transform), batch_size=cfg.batch_size, shuffle=shuffle, generator=g,
-        num_workers=cfg.num_workers, pin_memory=device.type == 'cuda', drop_last=False,
-        persistent_workers=cfg.num_workers > 0)
+        _ImageDataset(split, transform),
+        batch_size=cfg.batch_size,
+        shuffle=shuffle,
+        generator=g,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == 'cuda',
+        drop_last=False,
+        persistent_workers=cfg.num_workers > 0,
+    )
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """(logits (N, C) float32, labels (N,)) over ``loader``."""
     model.eval()
     outs, ys = [], []
@@ -102,8 +111,15 @@ def _score(metric: str, model, loader, device, amp_dtype, channels_last) -> floa
     return score(metric, labels, logits)
 
 
-def finetune_lr(spec: str, task: Task, lr: float, cfg: FinetuneConfig, *, seed: int = 0,
-                score_test_every_epoch: bool = False) -> dict[str, Any]:
+def finetune_lr(
+    spec: str,
+    task: Task,
+    lr: float,
+    cfg: FinetuneConfig,
+    *,
+    seed: int = 0,
+    score_test_every_epoch: bool = False,
+) -> dict[str, Any]:
     """Train ``spec`` + a fresh head on ``task`` at one learning rate; best epoch on val.
 
     Returns the val curve, the best epoch (1-based), its val score and its test score.
@@ -119,8 +135,14 @@ def finetune_lr(spec: str, task: Task, lr: float, cfg: FinetuneConfig, *, seed: 
         model = model.to(memory_format=torch.channels_last)
     dcfg = data_config(backbone, cfg.img_size)
     eval_tf = eval_transform(dcfg)
-    train_loader = _loader(task.splits['train'], _train_transform(eval_tf), cfg, device, shuffle=True, seed=seed)
-    val_loader = _loader(task.splits['val'], eval_tf, cfg, device, shuffle=False, seed=seed) if task.has('val') else None
+    train_loader = _loader(
+        task.splits['train'], _train_transform(eval_tf), cfg, device, shuffle=True, seed=seed
+    )
+    val_loader = (
+        _loader(task.splits['val'], eval_tf, cfg, device, shuffle=False, seed=seed)
+        if task.has('val')
+        else None
+    )
     test_loader = _loader(task.splits['test'], eval_tf, cfg, device, shuffle=False, seed=seed)
 
     if cfg.optimizer == 'sgd':
@@ -167,10 +189,16 @@ def finetune_lr(spec: str, task: Task, lr: float, cfg: FinetuneConfig, *, seed: 
         selection = 'last epoch (no val split)' if val_loader is None else 'last epoch (val score undefined)'
     test = _score(task.metric, model, test_loader, device, amp_dtype, channels_last)
     elapsed = time.perf_counter() - t0
-    out = {'lr': lr, 'best_epoch': best_epoch, 'val': None if val_loader is None else float(best_val),
-           'val_curve': val_curve, 'train_loss': losses, 'score': test,
-           'selection': selection,
-           'train_img_per_s': round(n_seen / elapsed, 2) if elapsed > 0 else None}
+    out = {
+        'lr': lr,
+        'best_epoch': best_epoch,
+        'val': None if val_loader is None else float(best_val),
+        'val_curve': val_curve,
+        'train_loss': losses,
+        'score': test,
+        'selection': selection,
+        'train_img_per_s': round(n_seen / elapsed, 2) if elapsed > 0 else None,
+    }
     if score_test_every_epoch:
         out['test_curve'] = test_curve
     return out
@@ -189,6 +217,12 @@ def finetune(spec: str, task: Task, cfg: FinetuneConfig, *, seed: int = 0) -> di
     else:
         best = 0
     chosen = runs[best]
-    return {'score': chosen['score'], 'lr': chosen['lr'], 'epoch': chosen['best_epoch'], 'val': chosen['val'],
-            'selection': chosen['selection'], 'per_lr': runs,
-            'config': {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
+    return {
+        'score': chosen['score'],
+        'lr': chosen['lr'],
+        'epoch': chosen['best_epoch'],
+        'val': chosen['val'],
+        'selection': chosen['selection'],
+        'per_lr': runs,
+        'config': {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+    }

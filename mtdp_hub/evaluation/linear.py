@@ -5,6 +5,7 @@ folds grouped by patient/slide/image (no group in two folds), the classifier is 
 train+val with the best C and scored on test. Logistic regression is offered as an option.
 Needs scikit-learn (``pip install mtdp-hub[eval]``).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -24,11 +25,14 @@ def _sklearn():
     try:
         import sklearn  # noqa: F401
     except ImportError as e:
-        raise MissingDependencyError('linear evaluation needs scikit-learn: pip install mtdp-hub[eval]') from e
+        raise MissingDependencyError(
+            'linear evaluation needs scikit-learn: pip install mtdp-hub[eval]'
+        ) from e
 
 
-def grouped_folds(y: Sequence[int], groups: Sequence[str], n_splits: int = 5,
-                  seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+def grouped_folds(
+    y: Sequence[int], groups: Sequence[str], n_splits: int = 5, seed: int = 0
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """Cross-validation folds where one group never appears in two folds; returns (folds, note).
 
     Uses ``StratifiedGroupKFold`` (shuffled by ``seed``). With fewer groups than ``n_splits`` it
@@ -91,9 +95,20 @@ def _outputs(clf, X: np.ndarray, n_classes: int) -> np.ndarray:
     return out
 
 
-def fit_linear(X_train: np.ndarray, y_train: Sequence[int], groups: Sequence[str], X_test: np.ndarray,
-               y_test: Sequence[int], *, metric: str, classifier: str = 'svm', Cs: Sequence[float] = C_GRID,
-               n_splits: int = 5, seed: int = 0, n_classes: int | None = None) -> dict[str, Any]:
+def fit_linear(
+    X_train: np.ndarray,
+    y_train: Sequence[int],
+    groups: Sequence[str],
+    X_test: np.ndarray,
+    y_test: Sequence[int],
+    *,
+    metric: str,
+    classifier: str = 'svm',
+    Cs: Sequence[float] = C_GRID,
+    n_splits: int = 5,
+    seed: int = 0,
+    n_classes: int | None = None,
+) -> dict[str, Any]:
     """Tune C by grouped CV on (``X_train``, ``y_train``), refit, score on test.
 
     ``X_train`` is train+val in the paper's protocol. Labels are class indices ``0..n_classes-1``
@@ -122,5 +137,11 @@ def fit_linear(X_train: np.ndarray, y_train: Sequence[int], groups: Sequence[str
         best = int(np.nanargmax(cv_scores))  # ties -> the smallest C (first in the grid)
         clf = make_classifier(classifier, Cs[best], seed).fit(X_train, y_train)
         test = score(metric, y_test, _outputs(clf, X_test, n_classes))
-    return {'score': test, 'C': float(Cs[best]), 'cv_scores': dict(zip(map(float, Cs), cv_scores)),
-            'folds': note, 'n_train': int(len(y_train)), 'n_test': int(len(y_test))}
+    return {
+        'score': test,
+        'C': float(Cs[best]),
+        'cv_scores': dict(zip(map(float, Cs), cv_scores)),
+        'folds': note,
+        'n_train': int(len(y_train)),
+        'n_test': int(len(y_test)),
+    }

@@ -12,6 +12,7 @@ numpy at import time; ROC AUC imports scikit-learn (the ``eval`` extra) when cal
   threshold is 2x the other side's std. Between two deterministic sides there is no variance to
   test against, so no significance is claimed (``None``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,8 +60,9 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
-def significant(a: Sequence[float], b: Sequence[float], *, a_independent: bool = True,
-                b_independent: bool = True) -> bool | None:
+def significant(
+    a: Sequence[float], b: Sequence[float], *, a_independent: bool = True, b_independent: bool = True
+) -> bool | None:
     """``|mean(a) - mean(b)| > 2 * max(std(a), std(b))`` (the paper's rule), with the std of a
     deterministic side (``*_independent=False``: scores of one fixed model over CV shuffles) taken
     as 0; ``None`` (not tested) when both sides are deterministic."""

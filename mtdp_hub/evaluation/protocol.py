@@ -12,6 +12,7 @@ not model variance. Every run records ``independent`` (True for ``random:`` mode
 fine-tuning, False for a fixed backbone in linear mode); the report states each std's source and
 applies the significance rule described in :mod:`mtdp_hub.evaluation.metrics`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ def load_task(root: str | os.PathLike, *, max_per_class: int | None = None) -> T
     return task
 
 
-def cached_features(task: Task, extractor: FeatureExtractor, cache_dir: Path,
-                    **run_kwargs: Any) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, list[str]]], dict]:
+def cached_features(
+    task: Task, extractor: FeatureExtractor, cache_dir: Path, **run_kwargs: Any
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, list[str]]], dict]:
     """``{split: (X, y, groups)}`` with ``extractor``, extracting into ``cache_dir`` what is not there yet.
 
     The cache folder is named by model spec (and seed for ``random:``) plus a hash of the
@@ -64,7 +66,9 @@ def cached_features(task: Task, extractor: FeatureExtractor, cache_dir: Path,
         path = folder / f'{split_name}.safetensors'
         ff = read_features(path) if path.exists() else None
         if ff is None or not {str(p) for p in split.paths} <= set(ff.paths) | set(ff.failed):
-            extract_source(extractor, make_source([str(p) for p in split.paths], labels=False), path, **run_kwargs)
+            extract_source(
+                extractor, make_source([str(p) for p in split.paths], labels=False), path, **run_kwargs
+            )
             ff = read_features(path)
         keep = [i for i, p in enumerate(ff.paths) if p in labels]
         X = ff.features[keep]
@@ -74,12 +78,27 @@ def cached_features(task: Task, extractor: FeatureExtractor, cache_dir: Path,
     return out, {'provenance': ff.provenance, 'failed': failed, 'cache': str(folder)}
 
 
-def evaluate(task_root: str | os.PathLike, models: Sequence[str], *, modes: Sequence[str] = ('linear',),
-             seeds: int | Sequence[int] = 5, out: str | os.PathLike = 'report', classifier: str = 'svm',
-             Cs: Sequence[float] = C_GRID, cv_folds: int = 5, layer: str = 'pooled', tta: str = 'none',
-             img_size: int | None = None, batch_size: int = 64, num_workers: int | None = None,
-             device: str = 'auto', precision: str = 'auto', max_per_class: int | None = None,
-             finetune_cfg: FinetuneConfig | None = None, progress: bool = True) -> dict[str, Any]:
+def evaluate(
+    task_root: str | os.PathLike,
+    models: Sequence[str],
+    *,
+    modes: Sequence[str] = ('linear',),
+    seeds: int | Sequence[int] = 5,
+    out: str | os.PathLike = 'report',
+    classifier: str = 'svm',
+    Cs: Sequence[float] = C_GRID,
+    cv_folds: int = 5,
+    layer: str = 'pooled',
+    tta: str = 'none',
+    img_size: int | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str = 'auto',
+    precision: str = 'auto',
+    max_per_class: int | None = None,
+    finetune_cfg: FinetuneConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Evaluate every model in every mode over seeds; writes the report under ``out`` and returns it."""
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -101,34 +120,83 @@ def evaluate(task_root: str | os.PathLike, models: Sequence[str], *, modes: Sequ
                 if is_random(spec) or extractor is None:
                     extractor = FeatureExtractor(spec, seed=seed, **extractor_kwargs)
                 feats, info = cached_features(task, extractor, cache, **run_kwargs)
-                model_info.setdefault(spec, {'provenance': info['provenance'], 'failed_images': info['failed'],
-                                             'feature_cache': info['cache']})
+                model_info.setdefault(
+                    spec,
+                    {
+                        'provenance': info['provenance'],
+                        'failed_images': info['failed'],
+                        'feature_cache': info['cache'],
+                    },
+                )
                 X_tr, y_tr, g_tr = feats['train']
                 if task.has('val'):  # the paper tunes C on train+val
                     X_va, y_va, g_va = feats['val']
                     X_tr, y_tr, g_tr = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), g_tr + g_va
                 X_te, y_te, _ = feats['test']
-                res = fit_linear(X_tr, y_tr, g_tr, X_te, y_te, metric=task.metric, classifier=classifier,
-                                 Cs=Cs, n_splits=cv_folds, seed=seed, n_classes=task.n_classes)
+                res = fit_linear(
+                    X_tr,
+                    y_tr,
+                    g_tr,
+                    X_te,
+                    y_te,
+                    metric=task.metric,
+                    classifier=classifier,
+                    Cs=Cs,
+                    n_splits=cv_folds,
+                    seed=seed,
+                    n_classes=task.n_classes,
+                )
                 # a fixed-weight backbone gives the same features for every seed: its spread is CV noise
-                runs.append({'model': spec, 'mode': 'linear', 'seed': seed, 'classifier': classifier,
-                             'independent': is_random(spec), **res})
-                print(f'[linear] {spec} seed {seed}: {task.metric} {res["score"]:.4f} (C={res["C"]:g})', file=sys.stderr)
+                runs.append(
+                    {
+                        'model': spec,
+                        'mode': 'linear',
+                        'seed': seed,
+                        'classifier': classifier,
+                        'independent': is_random(spec),
+                        **res,
+                    }
+                )
+                print(
+                    f'[linear] {spec} seed {seed}: {task.metric} {res["score"]:.4f} (C={res["C"]:g})',
+                    file=sys.stderr,
+                )
         if 'finetune' in modes:
             for seed in seeds:
                 res = finetune(spec, task, ft_cfg, seed=seed)
                 runs.append({'model': spec, 'mode': 'finetune', 'seed': seed, 'independent': True, **res})
-                print(f'[finetune] {spec} seed {seed}: {task.metric} {res["score"]:.4f} '
-                      f'(lr={res["lr"]:g}, epoch {res["epoch"]})', file=sys.stderr)
+                print(
+                    f'[finetune] {spec} seed {seed}: {task.metric} {res["score"]:.4f} '
+                    f'(lr={res["lr"]:g}, epoch {res["epoch"]})',
+                    file=sys.stderr,
+                )
 
     result = {
-        'task': task.name, 'task_root': str(task.root), 'metric': task.metric, 'n_classes': task.n_classes,
-        'class_names': task.class_names, 'sizes': {k: len(v) for k, v in task.splits.items()},
-        'models': list(models), 'modes': list(modes), 'seeds': seeds, 'n_seeds': len(seeds),
-        'settings': {'classifier': classifier, 'Cs': list(Cs), 'cv_folds': cv_folds, 'layer': layer, 'tta': tta,
-                     'img_size': img_size, 'max_per_class': max_per_class},
-        'summary': summarize(runs, list(models), list(modes)), 'significance_rule': SIGNIFICANCE_RULE, 'runs': runs, 'model_info': model_info,
-        'versions': package_versions(), 'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+        'task': task.name,
+        'task_root': str(task.root),
+        'metric': task.metric,
+        'n_classes': task.n_classes,
+        'class_names': task.class_names,
+        'sizes': {k: len(v) for k, v in task.splits.items()},
+        'models': list(models),
+        'modes': list(modes),
+        'seeds': seeds,
+        'n_seeds': len(seeds),
+        'settings': {
+            'classifier': classifier,
+            'Cs': list(Cs),
+            'cv_folds': cv_folds,
+            'layer': layer,
+            'tta': tta,
+            'img_size': img_size,
+            'max_per_class': max_per_class,
+        },
+        'summary': summarize(runs, list(models), list(modes)),
+        'significance_rule': SIGNIFICANCE_RULE,
+        'runs': runs,
+        'model_info': model_info,
+        'versions': package_versions(),
+        'created': datetime.now(timezone.utc).isoformat(timespec='seconds'),
     }
     result['files'] = {k: str(v) for k, v in write_report(result, out).items()}
     return result

@@ -11,6 +11,7 @@ folds). A ``cv_shuffles`` std is marked ``†`` in the table and counts as 0 for
 paper's convention for its deterministic ImageNet FE; two ``cv_shuffles`` sides are not tested
 (``significant_vs_first`` is ``None``, marked ``○``). See :data:`SIGNIFICANCE_RULE`.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,16 @@ from ..errors import MissingDependencyError
 from .metrics import mean_std, significant
 
 _METRIC_NAMES = {'accuracy': 'accuracy', 'roc_auc': 'ROC AUC'}
-STD_SOURCES = {'independent': 'std over independently initialised/trained models',
-               'cv_shuffles': 'std over CV shuffles only, one fixed backbone'}
+STD_SOURCES = {
+    'independent': 'std over independently initialised/trained models',
+    'cv_shuffles': 'std over CV shuffles only, one fixed backbone',
+}
 SIGNIFICANCE_RULE = (
     "significant when |difference| > 2 x the larger std (the paper's rule), counting only stds over "
     'independently initialised/trained models; the std of a fixed backbone in linear mode (CV shuffles only, '
     "one fixed backbone) is taken as 0, the paper's convention for deterministic ImageNet FE; two fixed "
-    'backbones are not tested against each other (significant_vs_first = null)')
+    'backbones are not tested against each other (significant_vs_first = null)'
+)
 
 
 def summarize(runs: list[dict[str, Any]], models: list[str], modes: list[str]) -> dict[str, dict[str, Any]]:
@@ -48,13 +52,22 @@ def summarize(runs: list[dict[str, Any]], models: list[str], modes: list[str]) -
                 scores = [r['score'] for r in sel]
                 mean, std = mean_std(scores)
                 source = 'independent' if all(r.get('independent', True) for r in sel) else 'cv_shuffles'
-                per_model[m] = {'mean': mean, 'std': std, 'n': len(scores), 'scores': scores, 'std_source': source}
+                per_model[m] = {
+                    'mean': mean,
+                    'std': std,
+                    'n': len(scores),
+                    'scores': scores,
+                    'std_source': source,
+                }
         ref = per_model.get(models[0])
         for m, s in per_model.items():
             if ref is not None and m != models[0]:
-                s['significant_vs_first'] = significant(s['scores'], ref['scores'],
-                                                        a_independent=s['std_source'] == 'independent',
-                                                        b_independent=ref['std_source'] == 'independent')
+                s['significant_vs_first'] = significant(
+                    s['scores'],
+                    ref['scores'],
+                    a_independent=s['std_source'] == 'independent',
+                    b_independent=ref['std_source'] == 'independent',
+                )
                 s['diff_vs_first'] = s['mean'] - ref['mean']
         out[mode] = per_model
     return out
@@ -63,9 +76,12 @@ def summarize(runs: list[dict[str, Any]], models: list[str], modes: list[str]) -
 def markdown_table(result: dict[str, Any]) -> str:
     models, summary = result['models'], result['summary']
     metric = _METRIC_NAMES.get(result['metric'], result['metric'])
-    lines = [f"# {result['task']}: {metric} (%), mean ± std over {result['n_seeds']} seed(s)", '',
-             '| mode | ' + ' | '.join(f'`{m}`' for m in models) + ' |',
-             '|---|' + '---|' * len(models)]
+    lines = [
+        f'# {result["task"]}: {metric} (%), mean ± std over {result["n_seeds"]} seed(s)',
+        '',
+        '| mode | ' + ' | '.join(f'`{m}`' for m in models) + ' |',
+        '|---|' + '---|' * len(models),
+    ]
     any_fixed = any_untested = False
     for mode, per_model in summary.items():
         cells = []
@@ -81,20 +97,29 @@ def markdown_table(result: dict[str, Any]) -> str:
                 mark = ' ▲' if s['diff_vs_first'] > 0 else ' ▼'
             elif 'significant_vs_first' in s and s['significant_vs_first'] is None:
                 mark, any_untested = ' ○', True
-            cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}{'†' if fixed else ''}{mark}")
+            cells.append(f'{100 * s["mean"]:.2f} ± {100 * s["std"]:.2f}{"†" if fixed else ""}{mark}')
         lines.append(f'| {mode} | ' + ' | '.join(cells) + ' |')
-    lines += ['', f'- ▲/▼: significantly better/worse than `{models[0]}` (|difference| > 2 × the larger std '
-              'over independently initialised/trained models).']
+    lines += [
+        '',
+        f'- ▲/▼: significantly better/worse than `{models[0]}` (|difference| > 2 × the larger std '
+        'over independently initialised/trained models).',
+    ]
     if any_fixed:
-        lines.append('- †: std over CV shuffles only, one fixed backbone (features computed once; the seeds only '
-                     "reshuffle the CV folds). For significance it counts as 0, the paper's convention for its "
-                     "deterministic ImageNet FE, so the other side's std sets the threshold.")
+        lines.append(
+            '- †: std over CV shuffles only, one fixed backbone (features computed once; the seeds only '
+            "reshuffle the CV folds). For significance it counts as 0, the paper's convention for its "
+            "deterministic ImageNet FE, so the other side's std sets the threshold."
+        )
     if any_untested:
-        lines.append(f'- ○: not tested against `{models[0]}`: both are one fixed backbone each, so neither std '
-                     'measures model variance and no significance is claimed.')
-    lines += ['',
-              f"Train {result['sizes'].get('train', 0)}, val {result['sizes'].get('val', 0)}, "
-              f"test {result['sizes'].get('test', 0)} images; {result['n_classes']} classes."]
+        lines.append(
+            f'- ○: not tested against `{models[0]}`: both are one fixed backbone each, so neither std '
+            'measures model variance and no significance is claimed.'
+        )
+    lines += [
+        '',
+        f'Train {result["sizes"].get("train", 0)}, val {result["sizes"].get("val", 0)}, '
+        f'test {result["sizes"].get("test", 0)} images; {result["n_classes"]} classes.',
+    ]
     return '\n'.join(lines) + '\n'
 
 
@@ -123,7 +148,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
             ax.scatter([x] * len(s['scores']), [100 * v for v in s['scores']], s=8, color='k', zorder=3)
         ax.bar(xs, means, width=width * 0.9, yerr=stds, capsize=3, label=m)
     ax.set_xticks(range(len(modes)), modes)
-    ax.set_ylabel(f"{_METRIC_NAMES.get(result['metric'], result['metric'])} (%)")
+    ax.set_ylabel(f'{_METRIC_NAMES.get(result["metric"], result["metric"])} (%)')
     ax.set_title(result['task'])
     ax.legend(fontsize='small', loc='lower right')
     fig.tight_layout()

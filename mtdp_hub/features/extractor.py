@@ -31,9 +31,19 @@ class FeatureExtractor:
     tta: ``'none'``, ``'flip3'`` (identity, h-flip, v-flip) or ``'flip4'`` (+ both), averaged.
     """
 
-    def __init__(self, spec: str, *, seed: int = 0, layer: str = 'pooled', tta: str = 'none',
-                 img_size: int | None = None, device: str | None = 'auto', precision: str = 'auto',
-                 channels_last: bool | None = None, model: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        spec: str,
+        *,
+        seed: int = 0,
+        layer: str = 'pooled',
+        tta: str = 'none',
+        img_size: int | None = None,
+        device: str | None = 'auto',
+        precision: str = 'auto',
+        channels_last: bool | None = None,
+        model: torch.nn.Module | None = None,
+    ):
         if tta not in TTA_VIEWS:
             raise InvalidOptionError(f'tta must be one of {sorted(TTA_VIEWS)}, not {tta!r}')
         self.spec, self.seed, self.layer, self.tta = spec, seed, str(layer), tta
@@ -52,30 +62,40 @@ class FeatureExtractor:
             return None
         n = len(getattr(self.model, 'feature_info', []) or [])
         if not hasattr(self.model, 'forward_intermediates') or n == 0:
-            raise InvalidOptionError(f'{self.spec} does not expose intermediate stages (layer={self.layer!r})')
+            raise InvalidOptionError(
+                f'{self.spec} does not expose intermediate stages (layer={self.layer!r})'
+            )
         if self.layer == 'trunc':
             return n - 2
         try:
             idx = int(self.layer)
         except ValueError:
-            raise InvalidOptionError(f"layer must be 'pooled', 'trunc' or a stage index, not {self.layer!r}") from None
+            raise InvalidOptionError(
+                f"layer must be 'pooled', 'trunc' or a stage index, not {self.layer!r}"
+            ) from None
         if not -n <= idx < n:
             raise InvalidOptionError(f'stage index {idx} out of range for {self.spec} ({n} stages)')
         return idx % n
 
     def provenance(self) -> dict[str, Any]:
         prov = model_identity(self.spec, self.model)
-        prov.update(weights=weights_provenance(self.spec, self.model, seed=self.seed),
-                    preprocessing=self.data_config, layer=self.layer, tta=self.tta,
-                    precision=precision_name(self.amp_dtype),
-                    feature_dtype='float32', versions=package_versions())
+        prov.update(
+            weights=weights_provenance(self.spec, self.model, seed=self.seed),
+            preprocessing=self.data_config,
+            layer=self.layer,
+            tta=self.tta,
+            precision=precision_name(self.amp_dtype),
+            feature_dtype='float32',
+            versions=package_versions(),
+        )
         return prov
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stage is None:
             return self.model(x)
-        feats = self.model.forward_intermediates(x, indices=[self.stage], intermediates_only=True,
-                                                 stop_early=True)[0]
+        feats = self.model.forward_intermediates(
+            x, indices=[self.stage], intermediates_only=True, stop_early=True
+        )[0]
         return feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.mean(dim=1)
 
     @torch.inference_mode()
@@ -84,7 +104,7 @@ class FeatureExtractor:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        views = [x, x.flip(3), x.flip(2), x.flip((2, 3))][:TTA_VIEWS[self.tta]]
+        views = [x, x.flip(3), x.flip(2), x.flip((2, 3))][: TTA_VIEWS[self.tta]]
         with autocast(self.device, self.amp_dtype):
             out = sum(self._forward(v).float() for v in views) / len(views)
         return out.float().cpu()

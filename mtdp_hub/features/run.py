@@ -64,9 +64,18 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, unit='img', desc=desc, dynamic_ncols=True, file=sys.stderr)
 
 
-def extract_source(extractor: FeatureExtractor, source: ImageSource, output: str | os.PathLike, *,
-                   batch_size: int = 64, num_workers: int | None = None, on_error: str = 'skip',
-                   save_every: int = 20000, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def extract_source(
+    extractor: FeatureExtractor,
+    source: ImageSource,
+    output: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    on_error: str = 'skip',
+    save_every: int = 20000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Extract the features of ``source`` into ``output`` with ``extractor``; returns run stats."""
     if on_error not in ('skip', 'error'):
         raise InvalidOptionError(f"on_error must be 'skip' or 'error', not {on_error!r}")
@@ -80,30 +89,49 @@ def extract_source(extractor: FeatureExtractor, source: ImageSource, output: str
         old = read_features(output)
         diff = [k for k in RESUME_KEYS if old.provenance.get(k) != prov.get(k)]
         if diff:
-            raise FeatureFileError(f'{output} holds features from a different extraction ({", ".join(diff)} differ); '
-                             'pass overwrite=True (--overwrite) or choose another output')
+            raise FeatureFileError(
+                f'{output} holds features from a different extraction ({", ".join(diff)} differ); '
+                'pass overwrite=True (--overwrite) or choose another output'
+            )
         for k, f, name in zip(old.paths, old.features, old.label_names()):
             rows[k] = (f, name)
         old_failed, runs = old.failed, list(old.meta.get('runs', []))
     todo = [i for i, k in enumerate(source.keys) if k not in rows]
-    failed: dict[str, str] = {k: r for k, r in old_failed.items() if k not in set(source.keys) and k not in rows}
+    failed: dict[str, str] = {
+        k: r for k, r in old_failed.items() if k not in set(source.keys) and k not in rows
+    }
     n_skipped = len(source.keys) - len(todo)
 
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
-        _ExtractionDataset(source, todo, extractor.transform), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=_collate, pin_memory=extractor.device.type == 'cuda',
-        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+        _ExtractionDataset(source, todo, extractor.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=extractor.device.type == 'cuda',
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
 
     started = datetime.now(timezone.utc).isoformat(timespec='seconds')
     stats = {'n_input': len(source.keys), 'n_skipped_done': n_skipped, 'n_new': 0, 'n_failed': 0}
 
     def save() -> None:
-        run = dict(started=started, n_new=stats['n_new'], n_failed=stats['n_failed'],
-                   img_per_s=stats.get('img_per_s'))
-        meta = {'provenance': prov, 'source': source.description, 'failed': failed,
-                'n_failed': len(failed), 'runs': runs + [run]}
+        run = dict(
+            started=started,
+            n_new=stats['n_new'],
+            n_failed=stats['n_failed'],
+            img_per_s=stats.get('img_per_s'),
+        )
+        meta = {
+            'provenance': prov,
+            'source': source.description,
+            'failed': failed,
+            'n_failed': len(failed),
+            'runs': runs + [run],
+        }
         write_features(output, merge_rows(source.keys, rows, meta))
 
     bar = _progress(len(todo), progress, f'extract {extractor.spec}')
@@ -141,17 +169,40 @@ def extract_source(extractor: FeatureExtractor, source: ImageSource, output: str
     return stats
 
 
-def extract_features(model: str, input: Any, output: str | os.PathLike, *, seed: int = 0,
-                     layer: str = 'pooled', tta: str = 'none', img_size: int | None = None,
-                     device: str | None = 'auto', precision: str = 'auto', channels_last: bool | None = None,
-                     labels: bool = True, split: str | None = None, image_column: str = 'image',
-                     label_column: str | None = 'label', **run_kwargs: Any) -> dict[str, Any]:
+def extract_features(
+    model: str,
+    input: Any,
+    output: str | os.PathLike,
+    *,
+    seed: int = 0,
+    layer: str = 'pooled',
+    tta: str = 'none',
+    img_size: int | None = None,
+    device: str | None = 'auto',
+    precision: str = 'auto',
+    channels_last: bool | None = None,
+    labels: bool = True,
+    split: str | None = None,
+    image_column: str = 'image',
+    label_column: str | None = 'label',
+    **run_kwargs: Any,
+) -> dict[str, Any]:
     """Load ``model`` (a spec string), read ``input`` and write features to ``output``.
 
     ``run_kwargs`` go to :func:`extract_source` (batch_size, num_workers, on_error, save_every,
     overwrite, progress). Returns the run stats (counts, img/s, failed files).
     """
-    source = make_source(input, labels=labels, split=split, image_column=image_column, label_column=label_column)
-    extractor = FeatureExtractor(model, seed=seed, layer=layer, tta=tta, img_size=img_size, device=device,
-                                 precision=precision, channels_last=channels_last)
+    source = make_source(
+        input, labels=labels, split=split, image_column=image_column, label_column=label_column
+    )
+    extractor = FeatureExtractor(
+        model,
+        seed=seed,
+        layer=layer,
+        tta=tta,
+        img_size=img_size,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+    )
     return extract_source(extractor, source, output, **run_kwargs)

@@ -30,8 +30,8 @@ class ImageSource:
     keys: list[str]
     label_names: list[str | None]
     description: str
-    root: Path | None = None          # keys are relative to it (folder / file list)
-    dataset: Any = None               # a datasets.Dataset (keys are row indices)
+    root: Path | None = None  # keys are relative to it (folder / file list)
+    dataset: Any = None  # a datasets.Dataset (keys are row indices)
     image_column: str = 'image'
 
     def open(self, i: int):
@@ -67,8 +67,9 @@ def _list_source(list_file: Path, labels: bool) -> ImageSource:
     return ImageSource(keys, names, f'file list {list_file}', root=list_file.parent)
 
 
-def _datasets_source(name: str, split: str | None, image_column: str, label_column: str | None,
-                     labels: bool) -> ImageSource:
+def _datasets_source(
+    name: str, split: str | None, image_column: str, label_column: str | None, labels: bool
+) -> ImageSource:
     try:
         import datasets
     except ImportError as e:
@@ -90,9 +91,14 @@ def _datasets_source(name: str, split: str | None, image_column: str, label_colu
     return ImageSource(keys, names, f'datasets {name} [{split_name}]', dataset=ds, image_column=image_column)
 
 
-def make_source(input: str | os.PathLike | Sequence[str | os.PathLike], *, labels: bool = True,
-                split: str | None = None, image_column: str = 'image',
-                label_column: str | None = 'label') -> ImageSource:
+def make_source(
+    input: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    labels: bool = True,
+    split: str | None = None,
+    image_column: str = 'image',
+    label_column: str | None = 'label',
+) -> ImageSource:
     """An :class:`ImageSource` from a folder, a file list, a ``datasets:`` source or a list of paths."""
     if isinstance(input, (list, tuple)):
         keys = [str(p) for p in input]
@@ -100,7 +106,7 @@ def make_source(input: str | os.PathLike | Sequence[str | os.PathLike], *, label
         return ImageSource(keys, names, f'{len(keys)} paths')
     text = str(input)
     if text.startswith('datasets:'):
-        return _datasets_source(text[len('datasets:'):], split, image_column, label_column, labels)
+        return _datasets_source(text[len('datasets:') :], split, image_column, label_column, labels)
     path = Path(text)
     if path.is_dir():
         return _folder_source(path, labels)

@@ -63,16 +63,18 @@ def check_spec(spec: str) -> None:
     if spec.startswith('hf-hub:'):
         return
     if spec.startswith('local-dir:'):
-        folder = Path(spec[len('local-dir:'):]).expanduser()
+        folder = Path(spec[len('local-dir:') :]).expanduser()
         if not folder.is_dir():
             raise InputNotFoundError(f'{spec}: no such folder {folder}')
         return
-    arch = spec[len(RANDOM_PREFIX):] if is_random(spec) else spec
+    arch = spec[len(RANDOM_PREFIX) :] if is_random(spec) else spec
     if not timm.is_model(arch.split('.', 1)[0]):
         close = timm.list_models(f'*{arch.split(".", 1)[0][:8]}*')[:8]
         hint = f' (similar names: {", ".join(close)})' if close else ''
-        raise InvalidOptionError(f'unknown model {spec!r}: not a timm model name, hf-hub:ORG/NAME, '
-                                 f'local-dir:PATH or random:ARCH{hint}')
+        raise InvalidOptionError(
+            f'unknown model {spec!r}: not a timm model name, hf-hub:ORG/NAME, '
+            f'local-dir:PATH or random:ARCH{hint}'
+        )
 
 
 def load_backbone(spec: str, *, seed: int = 0) -> nn.Module:
@@ -82,7 +84,7 @@ def load_backbone(spec: str, *, seed: int = 0) -> nn.Module:
     """
     check_spec(spec)
     if is_random(spec):
-        arch = spec[len(RANDOM_PREFIX):]
+        arch = spec[len(RANDOM_PREFIX) :]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = timm.create_model(arch, pretrained=False, num_classes=0)
@@ -123,7 +125,7 @@ def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[st
     out: dict[str, Any] = {}
     file = cfg.get('file')
     if spec.startswith('local-dir:') and not (file and os.path.isfile(file)):
-        folder = Path(file or spec[len('local-dir:'):])  # timm stores the folder under 'file'
+        folder = Path(file or spec[len('local-dir:') :])  # timm stores the folder under 'file'
         cands = [folder / 'model.safetensors', folder / 'pytorch_model.bin']
         file = next((str(c) for c in cands if c.exists()), None)
     if file and os.path.isfile(file):
@@ -131,7 +133,7 @@ def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[st
         return out
     hub_id = cfg.get('hf_hub_id')
     if spec.startswith('hf-hub:'):
-        hub_id = spec[len('hf-hub:'):]
+        hub_id = spec[len('hf-hub:') :]
     if hub_id:
         revision, cached = _hub_snapshot(hub_id)
         out.update(source='hf-hub', hf_hub_id=hub_id, revision=revision)
@@ -149,8 +151,12 @@ def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[st
 
 
 def package_versions() -> dict[str, str]:
-    return {'mtdp_hub': __version__, 'torch': torch.__version__, 'timm': timm.__version__,
-            'python': platform.python_version()}
+    return {
+        'mtdp_hub': __version__,
+        'torch': torch.__version__,
+        'timm': timm.__version__,
+        'python': platform.python_version(),
+    }
 
 
 def model_identity(spec: str, model: nn.Module) -> dict[str, Any]:

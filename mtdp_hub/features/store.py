@@ -61,7 +61,9 @@ def write_features(path: str | os.PathLike, ff: FeatureFile) -> None:
             meta['paths'] = ff.paths
             feats = torch.from_numpy(np.ascontiguousarray(ff.features, dtype=np.float32))
             labels = torch.from_numpy(np.ascontiguousarray(ff.labels, dtype=np.int64))
-            save_file({'features': feats, 'labels': labels}, str(tmp), metadata={'mtdp_extract': json.dumps(meta)})
+            save_file(
+                {'features': feats, 'labels': labels}, str(tmp), metadata={'mtdp_extract': json.dumps(meta)}
+            )
 
 
 def _write_parquet(tmp: Path, ff: FeatureFile, meta: dict) -> None:
@@ -72,12 +74,14 @@ def _write_parquet(tmp: Path, ff: FeatureFile, meta: dict) -> None:
         raise MissingDependencyError(f'Parquet output needs pyarrow: {EVAL_EXTRA}') from e
     dim = ff.features.shape[1] if ff.features.ndim == 2 else 0
     flat = pa.array(np.ascontiguousarray(ff.features, dtype=np.float32).reshape(-1))
-    table = pa.table({
-        'path': pa.array(ff.paths, pa.string()),
-        'label': pa.array(ff.labels.astype(np.int64)),
-        'label_name': pa.array(ff.label_names(), pa.string()),
-        'feature': pa.FixedSizeListArray.from_arrays(flat, dim),
-    })
+    table = pa.table(
+        {
+            'path': pa.array(ff.paths, pa.string()),
+            'label': pa.array(ff.labels.astype(np.int64)),
+            'label_name': pa.array(ff.label_names(), pa.string()),
+            'feature': pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
     table = table.replace_schema_metadata({'mtdp_extract': json.dumps(meta)})
     pq.write_table(table, str(tmp))
 

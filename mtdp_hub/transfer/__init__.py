@@ -29,6 +29,14 @@ tasks = _merged('tasks', _tasks, extra={'load_task': protocol.load_task})
 evaluate = protocol
 cli = _cli
 
-for _name, _module in {'backbones': backbones, 'tasks': tasks, 'evaluate': protocol, 'finetune': finetune,
-                       'linear': linear, 'metrics': metrics, 'report': report, 'cli': _cli}.items():
+for _name, _module in {
+    'backbones': backbones,
+    'tasks': tasks,
+    'evaluate': protocol,
+    'finetune': finetune,
+    'linear': linear,
+    'metrics': metrics,
+    'report': report,
+    'cli': _cli,
+}.items():
     sys.modules[f'{__name__}.{_name}'] = _module

@@ -2,6 +2,7 @@
 
 Speed itself is measured by the scripts (figures in BENCHMARKS.md), never asserted here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,7 @@ def _load(name: str):
 def _run(name: str, argv: list[str]) -> dict:
     import torch
 
-    threads = torch.get_num_threads()   # the scripts may set it (--threads); leave it as found
+    threads = torch.get_num_threads()  # the scripts may set it (--threads); leave it as found
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
@@ -52,24 +53,71 @@ def test_help(name, capsys):
 
 
 def test_multitask_overhead_tiny():
-    d = _run('multitask_overhead', ['--arch', 'resnet18', '--img-size', '32', '--batch-size', '4', '--rounds', '2',
-                                    '--steps-per-round', '1', '--device', 'cpu', '--threads', '1'])
+    d = _run(
+        'multitask_overhead',
+        [
+            '--arch',
+            'resnet18',
+            '--img-size',
+            '32',
+            '--batch-size',
+            '4',
+            '--rounds',
+            '2',
+            '--steps-per-round',
+            '1',
+            '--device',
+            'cpu',
+            '--threads',
+            '1',
+        ],
+    )
     assert d['benchmark'] == 'multitask_overhead' and d['tasks'] == 22 and d['machine']['cpu']
-    _positive(d, ['multitask_img_per_s', 'single_head_img_per_s', 'ratio', 'ratio_of_medians', 'ratio_of_best'])
+    _positive(
+        d, ['multitask_img_per_s', 'single_head_img_per_s', 'ratio', 'ratio_of_medians', 'ratio_of_best']
+    )
 
 
 @pytest.mark.skipif(not CRC.is_dir(), reason=f'shared data {CRC} absent')
 def test_data_pipeline_tiny():
     d = _run('data_pipeline', ['--sizes', '112', '--images-per-round', '8', '--rounds', '1'])
     r = d['size_112']
-    _positive(r, ['project', 'torchvision', 'project_uint8', 'decode_jpeg_uint8', 'pil_draft_uint8',
-                  'project_vs_torchvision'])
+    _positive(
+        r,
+        [
+            'project',
+            'torchvision',
+            'project_uint8',
+            'decode_jpeg_uint8',
+            'pil_draft_uint8',
+            'project_vs_torchvision',
+        ],
+    )
 
 
 @pytest.mark.skipif(not CRC.is_dir(), reason=f'shared data {CRC} absent')
 def test_extraction_tiny():
-    d = _run('extraction', ['--model', 'random:resnet18', '--images', '4', '--batch-size', '2', '--img-size', '32',
-                            '--rounds', '1', '--workers', '0', '--device', 'cpu', '--threads', '1'])
+    d = _run(
+        'extraction',
+        [
+            '--model',
+            'random:resnet18',
+            '--images',
+            '4',
+            '--batch-size',
+            '2',
+            '--img-size',
+            '32',
+            '--rounds',
+            '1',
+            '--workers',
+            '0',
+            '--device',
+            'cpu',
+            '--threads',
+            '1',
+        ],
+    )
     _positive(d, ['extract_img_per_s', 'forward_img_per_s', 'ratio'])
     assert d['images_per_round'] == 4
 
@@ -79,13 +127,25 @@ def test_gpu_script_smoke_on_cpu():
     """As on the GPU machine: ``python -m benchmarks.gpu`` from the repo root (the package is not installed there)."""
     env = dict(os.environ)
     env.pop('OUT', None)
-    proc = subprocess.run([sys.executable, '-m', 'benchmarks.gpu', '--device', 'cpu', '--smoke'], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.gpu', '--device', 'cpu', '--smoke'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     sections = {json.loads(x)['section']: json.loads(x) for x in lines if x.startswith('{"section"')}
-    summary = json.loads('\n'.join(lines[lines.index('{'):]))
-    assert set(sections) == {'jpegs', 'overhead_resnet50', 'train_resnet50', 'extraction', 'train_densenet121'}
+    summary = json.loads('\n'.join(lines[lines.index('{') :]))
+    assert set(sections) == {
+        'jpegs',
+        'overhead_resnet50',
+        'train_resnet50',
+        'extraction',
+        'train_densenet121',
+    }
     assert summary['smoke'] is True and summary['card'] and 'machine' in summary
     for arch in ('resnet50', 'densenet121'):
         r = summary['train'][arch]
@@ -93,7 +153,9 @@ def test_gpu_script_smoke_on_cpu():
         _positive(r['synthetic'], ['img_per_s'])
         for mode in ('project', 'uint8', 'gpu_decode'):
             _positive(r[f'e2e_{mode}'], ['img_per_s', 'steps'])
-    _positive(summary['multitask_overhead_resnet50'], ['multitask_img_per_s', 'single_head_img_per_s', 'ratio'])
+    _positive(
+        summary['multitask_overhead_resnet50'], ['multitask_img_per_s', 'single_head_img_per_s', 'ratio']
+    )
     _positive(summary['extraction'], ['extract_img_per_s', 'forward_img_per_s', 'ratio'])
     assert 'resnet50_e2e_img_per_s' in summary['targets']
 
@@ -113,7 +175,7 @@ def test_overhead_benchmark_times_the_training_step_itself():
     tasks = mo.task_sizes(4)
     batch = mo.synthetic_batch(6, 32, list(tasks.values()), torch.device('cpu'), channels_last=False)
     initial = copy.deepcopy(backbone.state_dict())
-    torch.manual_seed(1)   # the same initial heads for both
+    torch.manual_seed(1)  # the same initial heads for both
     reference = MultiTaskNet(copy.deepcopy(backbone), tasks).train()
     torch.manual_seed(1)
     setup = mo.multitask_setup(backbone, tasks, batch)

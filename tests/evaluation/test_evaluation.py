@@ -1,4 +1,5 @@
 """mtdp evaluate: task folders, grouped CV, metrics, linear and fine-tune protocols, the report."""
+
 from __future__ import annotations
 
 import argparse
@@ -98,9 +99,9 @@ def test_metrics_against_sklearn_and_significance_rule():
     assert score('accuracy', [0, 1, 0], logits) == pytest.approx(2 / 3)
     assert score('roc_auc', [0, 1, 1], logits) == 1.0
     assert mean_std([0.8, 0.9]) == pytest.approx((0.85, 0.05))
-    assert significant([0.80, 0.80], [0.90, 0.90])                 # std 0: any difference counts
-    assert not significant([0.80, 0.84], [0.85, 0.85])             # 0.03 < 2 * 0.02
-    assert significant([0.70, 0.72], [0.80, 0.80])                 # 0.09 > 2 * 0.01
+    assert significant([0.80, 0.80], [0.90, 0.90])  # std 0: any difference counts
+    assert not significant([0.80, 0.84], [0.85, 0.85])  # 0.03 < 2 * 0.02
+    assert significant([0.70, 0.72], [0.80, 0.80])  # 0.09 > 2 * 0.01
 
 
 # ---------------------------------------------------------------------------------- linear
@@ -139,13 +140,19 @@ def test_evaluate_linear_binary_uses_auc_and_report_parses(tmp_path):
     # the reported score is an AUC of the SVM refit on train+val with the chosen C
     run = data['runs'][0]
     feats, info = evaluate_mod.cached_features(
-        evaluate_mod.load_task(task), evaluate_mod.FeatureExtractor(TINY, seed=0, img_size=32, device='cpu'),
-        tmp_path / 'rep' / 'cache', num_workers=0, progress=False)
+        evaluate_mod.load_task(task),
+        evaluate_mod.FeatureExtractor(TINY, seed=0, img_size=32, device='cpu'),
+        tmp_path / 'rep' / 'cache',
+        num_workers=0,
+        progress=False,
+    )
     assert info['cache'] == res['model_info'][TINY]['feature_cache']
     X = np.concatenate([feats['train'][0], feats['val'][0]])
     y = np.concatenate([feats['train'][1], feats['val'][1]])
     clf = LinearSVC(C=run['C'], max_iter=10000, random_state=0).fit(X, y)
-    assert run['score'] == pytest.approx(roc_auc_score(feats['test'][1], clf.decision_function(feats['test'][0])))
+    assert run['score'] == pytest.approx(
+        roc_auc_score(feats['test'][1], clf.decision_function(feats['test'][0]))
+    )
     assert 'Group' in run['folds']
 
 
@@ -166,14 +173,25 @@ def test_evaluate_linear_multiclass_uses_accuracy_and_reuses_cache(tmp_path, mon
 
 
 def test_markdown_marks_significant_differences():
-    runs = [{'model': m, 'mode': 'linear', 'seed': s, 'score': v}
-            for m, vals in {'ref': [0.80, 0.80], 'better': [0.90, 0.91], 'same': [0.79, 0.82]}.items()
-            for s, v in enumerate(vals)]
+    runs = [
+        {'model': m, 'mode': 'linear', 'seed': s, 'score': v}
+        for m, vals in {'ref': [0.80, 0.80], 'better': [0.90, 0.91], 'same': [0.79, 0.82]}.items()
+        for s, v in enumerate(vals)
+    ]
     summary = summarize(runs, ['ref', 'better', 'same'], ['linear'])
     assert summary['linear']['better']['significant_vs_first']
     assert not summary['linear']['same']['significant_vs_first']
-    md = markdown_table({'task': 't', 'metric': 'accuracy', 'n_seeds': 2, 'models': ['ref', 'better', 'same'],
-                         'summary': summary, 'sizes': {'train': 1, 'test': 1}, 'n_classes': 3})
+    md = markdown_table(
+        {
+            'task': 't',
+            'metric': 'accuracy',
+            'n_seeds': 2,
+            'models': ['ref', 'better', 'same'],
+            'summary': summary,
+            'sizes': {'train': 1, 'test': 1},
+            'n_classes': 3,
+        }
+    )
     row = next(line for line in md.splitlines() if line.startswith('| linear'))
     assert '80.00 ± 0.00' in row and '90.50 ± 0.50 ▲' in row and '80.50 ± 1.50 |' in row
 
@@ -196,8 +214,9 @@ def test_finetune_lr_grid_picks_best_val_and_handles_missing_val(tmp_path):
     vals = [r['val'] for r in res['per_lr']]
     assert res['val'] == max(vals) and res['lr'] == res['per_lr'][vals.index(max(vals))]['lr']
     noval = load_task(make_task(tmp_path / 'nv', per_split=(4, 0, 2), size=16))
-    out = finetune_lr(TINY, noval, 0.01, FinetuneConfig(epochs=2, batch_size=4, num_workers=0, img_size=32,
-                                                         device='cpu'))
+    out = finetune_lr(
+        TINY, noval, 0.01, FinetuneConfig(epochs=2, batch_size=4, num_workers=0, img_size=32, device='cpu')
+    )
     assert out['best_epoch'] == 2 and out['selection'].startswith('last epoch') and out['val'] is None
 
 
@@ -206,9 +225,33 @@ def test_cli_harness_evaluate(tmp_path, capsys):
     task = make_task(tmp_path / 't')
     parser = argparse.ArgumentParser(prog='mtdp')
     add_cli(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(['evaluate', '--task', str(task), '--models', TINY, '--mode', 'linear', 'finetune',
-                              '--seeds', '1', '--out', str(tmp_path / 'r'), '--img-size', '32', '--workers', '0',
-                              '--epochs', '1', '--lrs', '0.01', '--ft-batch-size', '8', '--no-progress'])
+    args = parser.parse_args(
+        [
+            'evaluate',
+            '--task',
+            str(task),
+            '--models',
+            TINY,
+            '--mode',
+            'linear',
+            'finetune',
+            '--seeds',
+            '1',
+            '--out',
+            str(tmp_path / 'r'),
+            '--img-size',
+            '32',
+            '--workers',
+            '0',
+            '--epochs',
+            '1',
+            '--lrs',
+            '0.01',
+            '--ft-batch-size',
+            '8',
+            '--no-progress',
+        ]
+    )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert '| finetune |' in printed and '| linear |' in printed
@@ -246,8 +289,14 @@ def test_fit_linear_cv_scores_when_a_training_fold_misses_a_class(n_classes):
     folds, _ = grouped_folds(y, groups, seed=0)
     assert any(0 not in set(y[tr]) for tr, _ in folds)
     for C in Cs:
-        expected = np.mean([accuracy(y[va], LinearSVC(C=C, max_iter=10000, random_state=0)
-                                     .fit(X[tr], y[tr]).predict(X[va])) for tr, va in folds])
+        expected = np.mean(
+            [
+                accuracy(
+                    y[va], LinearSVC(C=C, max_iter=10000, random_state=0).fit(X[tr], y[tr]).predict(X[va])
+                )
+                for tr, va in folds
+            ]
+        )
         assert res['cv_scores'][C] == pytest.approx(expected)
 
 
@@ -269,8 +318,17 @@ def test_finetune_lr_selection_ignores_nan_val(monkeypatch):
 
     def run_with(vals):
         it = iter(vals)
-        monkeypatch.setattr(ft_mod, 'finetune_lr', lambda spec, task, lr, cfg, seed=0: {
-            'lr': lr, 'val': next(it), 'score': lr, 'best_epoch': 1, 'selection': 'best val epoch'})
+        monkeypatch.setattr(
+            ft_mod,
+            'finetune_lr',
+            lambda spec, task, lr, cfg, seed=0: {
+                'lr': lr,
+                'val': next(it),
+                'score': lr,
+                'best_epoch': 1,
+                'selection': 'best val epoch',
+            },
+        )
         return ft_mod.finetune('x', task, cfg)
 
     for vals in ([float('nan'), 0.7, 0.6], [0.6, float('nan'), 0.7], [0.6, 0.7, float('nan')]):
@@ -291,32 +349,49 @@ def test_roc_auc_uses_sklearn_and_keeps_nan_for_one_class():
 
 
 def _runs(spec: dict[str, tuple[list[float], bool]], mode='linear'):
-    return [{'model': m, 'mode': mode, 'seed': s, 'score': v, 'independent': ind}
-            for m, (vals, ind) in spec.items() for s, v in enumerate(vals)]
+    return [
+        {'model': m, 'mode': mode, 'seed': s, 'score': v, 'independent': ind}
+        for m, (vals, ind) in spec.items()
+        for s, v in enumerate(vals)
+    ]
 
 
 def test_significance_for_deterministic_backbones():
     # two fixed backbones in linear mode: stds are CV-shuffle noise, no significance test at all
-    summary = summarize(_runs({'a': ([0.80, 0.801], False), 'b': ([0.85, 0.851], False)}), ['a', 'b'], ['linear'])
+    summary = summarize(
+        _runs({'a': ([0.80, 0.801], False), 'b': ([0.85, 0.851], False)}), ['a', 'b'], ['linear']
+    )
     b = summary['linear']['b']
     assert b['significant_vs_first'] is None and b['std_source'] == 'cv_shuffles'
     assert summary['linear']['a']['std_source'] == 'cv_shuffles'
     # fixed vs independent: the fixed side's std counts as 0, the threshold is 2x the other std
-    summary = summarize(_runs({'fixed': ([0.80, 0.80], False), 'mtl': ([0.83, 0.85], True)}),
-                        ['fixed', 'mtl'], ['linear'])
+    summary = summarize(
+        _runs({'fixed': ([0.80, 0.80], False), 'mtl': ([0.83, 0.85], True)}), ['fixed', 'mtl'], ['linear']
+    )
     assert summary['linear']['mtl']['significant_vs_first'] is True  # 0.04 > 2 * 0.01
-    summary = summarize(_runs({'fixed': ([0.70, 0.90], False), 'mtl': ([0.83, 0.85], True)}),
-                        ['fixed', 'mtl'], ['linear'])
+    summary = summarize(
+        _runs({'fixed': ([0.70, 0.90], False), 'mtl': ([0.83, 0.85], True)}), ['fixed', 'mtl'], ['linear']
+    )
     assert summary['linear']['mtl']['significant_vs_first'] is True  # CV std 0.1 of the fixed side ignored
-    summary = summarize(_runs({'fixed': ([0.80, 0.80], False), 'mtl': ([0.78, 0.86], True)}),
-                        ['fixed', 'mtl'], ['linear'])
+    summary = summarize(
+        _runs({'fixed': ([0.80, 0.80], False), 'mtl': ([0.78, 0.86], True)}), ['fixed', 'mtl'], ['linear']
+    )
     assert summary['linear']['mtl']['significant_vs_first'] is False  # 0.02 < 2 * 0.04
     assert significant([0.80, 0.80], [0.90, 0.90])  # both independent: the paper's rule unchanged
     assert significant([0.80, 0.80], [0.90, 0.90], a_independent=False, b_independent=False) is None
-    md = markdown_table({'task': 't', 'metric': 'accuracy', 'n_seeds': 2, 'models': ['a', 'b'],
-                         'summary': summarize(_runs({'a': ([0.80, 0.801], False), 'b': ([0.85, 0.851], False)}),
-                                              ['a', 'b'], ['linear']),
-                         'sizes': {'train': 1, 'test': 1}, 'n_classes': 3})
+    md = markdown_table(
+        {
+            'task': 't',
+            'metric': 'accuracy',
+            'n_seeds': 2,
+            'models': ['a', 'b'],
+            'summary': summarize(
+                _runs({'a': ([0.80, 0.801], False), 'b': ([0.85, 0.851], False)}), ['a', 'b'], ['linear']
+            ),
+            'sizes': {'train': 1, 'test': 1},
+            'n_classes': 3,
+        }
+    )
     row = next(line for line in md.splitlines() if line.startswith('| linear'))
     assert '▲' not in row and '†' in row and '○' in row
     assert 'CV shuffles only, one fixed backbone' in md and 'not tested' in md

@@ -1,4 +1,5 @@
 """mtdp extract: shapes, order, labels, resume, unreadable files listed, layers, TTA, provenance."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ from tests.conftest import KATHER_ASSETS
 
 SHARED = Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 CRC = SHARED / 'crc-he-5class'
-KATHER = KATHER_ASSETS   # in the repository: these tests run on a plain clone
+KATHER = KATHER_ASSETS  # in the repository: these tests run on a plain clone
 FAST = dict(img_size=32, num_workers=0, progress=False, batch_size=8)
 MODEL = 'random:resnet18'
 
@@ -198,12 +199,20 @@ def test_datasets_source(tmp_path):
     imgs = [Image.fromarray(np.full((20, 20, 3), v, np.uint8)) for v in (0, 100, 200)]
     ds = datasets.Dataset.from_dict(
         {'image': imgs, 'label': [1, 0, 1]},
-        features=datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=['neg', 'pos'])}))
+        features=datasets.Features(
+            {'image': datasets.Image(), 'label': datasets.ClassLabel(names=['neg', 'pos'])}
+        ),
+    )
     ds.save_to_disk(str(tmp_path / 'ds'))
     src = make_source(f'datasets:{tmp_path / "ds"}')
     assert src.keys == ['train/0', 'train/1', 'train/2'] and src.label_names == ['pos', 'neg', 'pos']
-    extract_source(FeatureExtractor(MODEL, img_size=32, device='cpu'), src, tmp_path / 'f.parquet',
-                   num_workers=0, progress=False)
+    extract_source(
+        FeatureExtractor(MODEL, img_size=32, device='cpu'),
+        src,
+        tmp_path / 'f.parquet',
+        num_workers=0,
+        progress=False,
+    )
     ff = read_features(tmp_path / 'f.parquet')
     assert ff.features.shape == (3, 512) and ff.label_names() == ['pos', 'neg', 'pos']
 
@@ -214,9 +223,22 @@ def test_cli_harness(tmp_path, capsys):
     (tmp_path / 'in' / 'b' / 'z.jpg').write_bytes(b'')
     parser = argparse.ArgumentParser(prog='mtdp')
     add_cli(parser.add_subparsers(dest='command', required=True))
-    args = parser.parse_args(['extract', '--model', MODEL, '--input', str(tmp_path / 'in'),
-                              '--output', str(tmp_path / 'f.safetensors'), '--img-size', '32',
-                              '--workers', '0', '--no-progress'])
+    args = parser.parse_args(
+        [
+            'extract',
+            '--model',
+            MODEL,
+            '--input',
+            str(tmp_path / 'in'),
+            '--output',
+            str(tmp_path / 'f.safetensors'),
+            '--img-size',
+            '32',
+            '--workers',
+            '0',
+            '--no-progress',
+        ]
+    )
     assert args.func(args) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats['n_new'] == 2 and stats['n_failed'] == 1 and stats['img_per_s'] > 0
@@ -230,8 +252,11 @@ def test_provenance_records_hub_revision_offline(tmp_path, monkeypatch):
 
     from tests.conftest import populate_hf_cache
 
-    save_for_hf(timm.create_model('test_resnet', pretrained=False, num_classes=0), tmp_path / 'm',
-                safe_serialization=True)
+    save_for_hf(
+        timm.create_model('test_resnet', pretrained=False, num_classes=0),
+        tmp_path / 'm',
+        safe_serialization=True,
+    )
     snapshot = populate_hf_cache(tmp_path / 'hf', 'someorg/tiny', tmp_path / 'm', commit='c' * 40)
     monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
     monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
@@ -247,7 +272,9 @@ def test_worker_processes_give_same_rows_and_failures(tmp_path):
         _write_rgb(tmp_path / 'in' / 'a' / f'{i}.png', seed=i)
     (tmp_path / 'in' / 'a' / 'bad.jpg').write_bytes(b'')
     extract_features(MODEL, tmp_path / 'in', tmp_path / 'w0.safetensors', **FAST)
-    extract_features(MODEL, tmp_path / 'in', tmp_path / 'w2.safetensors', **dict(FAST, num_workers=2, batch_size=2))
+    extract_features(
+        MODEL, tmp_path / 'in', tmp_path / 'w2.safetensors', **dict(FAST, num_workers=2, batch_size=2)
+    )
     a, b = read_features(tmp_path / 'w0.safetensors'), read_features(tmp_path / 'w2.safetensors')
     assert a.paths == b.paths and a.failed == b.failed == {'a/bad.jpg': 'empty file (0 bytes)'}
     np.testing.assert_allclose(a.features, b.features, atol=1e-5)

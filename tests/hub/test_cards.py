@@ -1,4 +1,5 @@
 """Model cards: one per released row, valid HF front matter, numbers and settings kept in step."""
+
 import re
 
 import pytest
@@ -26,8 +27,14 @@ def test_card_per_row(row):
     assert meta['pipeline_tag'] == 'image-feature-extraction' and 'pathology' in meta['tags']
     cfg = get_pretrained_cfg(row)
     assert f'# {row}' in card and cfg.hf_hub_id in card
-    for section in ('## Intended use', '## Training data', '## Preprocessing', '## Results', '## Limitations',
-                    '## Citation'):
+    for section in (
+        '## Intended use',
+        '## Training data',
+        '## Preprocessing',
+        '## Results',
+        '## Limitations',
+        '## Citation',
+    ):
         assert section in card
     assert 'BreakHis' in card and 'all splits' in card
     assert '| **Total** |' in card and '882800' in card and '<!-- include' not in card
@@ -39,8 +46,11 @@ def test_densenet_card_says_import_is_needed():
 
 
 def test_task_table_sums():
-    rows = [line.split('|') for line in (CARDS / 'task_pool.md').read_text().splitlines()
-            if re.match(r'^\| \d+ \|', line)]
+    rows = [
+        line.split('|')
+        for line in (CARDS / 'task_pool.md').read_text().splitlines()
+        if re.match(r'^\| \d+ \|', line)
+    ]
     assert len(rows) == 22
     assert sum(int(r[6]) for r in rows) == 81
     assert sum(int(r[8]) for r in rows) == 882800
@@ -51,7 +61,9 @@ def _result_rows(text, arch):
     return re.findall(r'^\| (ACC|AUC) \| (\w+) \|.*$', section, flags=re.M)
 
 
-@pytest.mark.parametrize('card,arch', [('mtdp_resnet50.md', 'ResNet50'), ('mtdp_densenet121.md', 'DenseNet121')])
+@pytest.mark.parametrize(
+    'card,arch', [('mtdp_resnet50.md', 'ResNet50'), ('mtdp_densenet121.md', 'DenseNet121')]
+)
 def test_results_match_the_paper_tables(card, arch):
     if not NOTES.is_file():
         pytest.skip('reproduction notes not available')

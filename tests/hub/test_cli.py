@@ -1,4 +1,5 @@
 """The ``mtdp`` command: every subcommand's help, and real runs of list, convert, export and push."""
+
 import json
 import subprocess
 import sys
@@ -29,7 +30,6 @@ def test_console_script_installed():
         pytest.skip('package not installed in this environment (pip install -e .)')
     out = subprocess.run([str(script), '--version'], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == f'mtdp-hub {mtdp_hub.__version__}'
-
 
 
 def test_list(capsys):
@@ -70,13 +70,25 @@ def test_input_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsy
     assert main(['export', 'no_such_model_xyz', '--out', str(tmp_path / 'o')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and "unknown model 'no_such_model_xyz'" in err
-    assert main(['extract', '--model', 'random:resnet18', '--input', str(tmp_path / 'ghost'),
-                 '--output', str(tmp_path / 'f.safetensors')]) == 2
+    assert (
+        main(
+            [
+                'extract',
+                '--model',
+                'random:resnet18',
+                '--input',
+                str(tmp_path / 'ghost'),
+                '--output',
+                str(tmp_path / 'f.safetensors'),
+            ]
+        )
+        == 2
+    )
     assert 'no such input' in capsys.readouterr().err
 
     def bug(*args, **kwargs):
         raise RuntimeError('a bug, not bad input')
 
     monkeypatch.setattr('mtdp_hub.cli.hub.push_folder', bug)
-    with pytest.raises(RuntimeError, match='a bug'):   # not swallowed: the traceback reaches the user
+    with pytest.raises(RuntimeError, match='a bug'):  # not swallowed: the traceback reaches the user
         main(['push', str(tmp_path), 'org/name'])

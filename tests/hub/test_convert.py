@@ -1,4 +1,5 @@
 """Original checkpoint -> timm keys + heads; bad checkpoints give errors naming the file and keys."""
+
 import os
 import pickle
 
@@ -25,7 +26,9 @@ def test_legacy_pickle_reads_with_weights_only(original_checkpoint):
     assert sd['heads.ulg_bonemarrow.linear.weight'].shape == (8, 1024, 1, 1)
 
 
-@pytest.mark.parametrize('arch,prefix', [('resnet50', 'conv1.weight'), ('densenet121', 'features.conv0.weight')])
+@pytest.mark.parametrize(
+    'arch,prefix', [('resnet50', 'conv1.weight'), ('densenet121', 'features.conv0.weight')]
+)
 def test_split_strips_prefix_drops_imagenet_classifier_keeps_heads(original_checkpoint, arch, prefix):
     ckpt = original_checkpoint(arch)
     backbone, heads = split_mtdp_checkpoint(read_state_dict(ckpt.path))
@@ -41,11 +44,18 @@ def test_split_strips_prefix_drops_imagenet_classifier_keeps_heads(original_chec
 def test_converted_folder_keeps_heads_and_features(original_checkpoint, tmp_path):
     ckpt = original_checkpoint('resnet50')
     folder = convert_mtdp_checkpoint(ckpt.path, tmp_path / 'out')
-    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'heads.safetensors',
-                                                       'model.safetensors']
+    assert sorted(p.name for p in folder.iterdir()) == [
+        'README.md',
+        'config.json',
+        'heads.safetensors',
+        'model.safetensors',
+    ]
     heads, classes = load_heads(folder / 'heads.safetensors')
-    assert {k: h.out_features for k, h in heads.items()} == {'glomeruli_no_aug': 2, 'ulg_bonemarrow': 8,
-                                                            'ulg_lbtd_tissus': 10}
+    assert {k: h.out_features for k, h in heads.items()} == {
+        'glomeruli_no_aug': 2,
+        'ulg_bonemarrow': 8,
+        'ulg_lbtd_tissus': 10,
+    }
     model = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -95,8 +105,10 @@ def test_truncated_file_names_the_file(original_checkpoint, tmp_path, suffix, nu
     if suffix == '.pth':
         data = ckpt.path.read_bytes()
     else:
-        save_file({k: v.contiguous() for k, v in split_mtdp_checkpoint(read_state_dict(ckpt.path))[0].items()},
-                  str(path))
+        save_file(
+            {k: v.contiguous() for k, v in split_mtdp_checkpoint(read_state_dict(ckpt.path))[0].items()},
+            str(path),
+        )
         data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError) as info:

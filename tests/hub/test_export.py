@@ -1,4 +1,5 @@
 """Exported folders reload through timm (local-dir:, offline hf-hub:) and carry no weight sources."""
+
 import json
 import os
 import subprocess
@@ -28,7 +29,9 @@ def test_config_is_plain_resnet50_without_sources(resnet_folder):
     assert config['architecture'] == 'resnet50' and config['num_classes'] == 0
     cfg = config['pretrained_cfg']
     assert not set(SOURCE_KEYS) & set(cfg)
-    assert cfg['mean'] == [0.485, 0.456, 0.406] and cfg['crop_pct'] == 1.0 and cfg['interpolation'] == 'bilinear'
+    assert (
+        cfg['mean'] == [0.485, 0.456, 0.406] and cfg['crop_pct'] == 1.0 and cfg['interpolation'] == 'bilinear'
+    )
 
 
 def test_local_dir_reload_equal(resnet_folder):
@@ -48,16 +51,17 @@ def test_plain_timm_loads_resnet_from_offline_hf_cache_in_fresh_process(resnet_f
     x = torch.randn(1, 3, 64, 64)
     torch.save({'x': x, 'ref': ckpt.reference(x)}, tmp_path / 'io.pt')
     code = (
-        "import sys, torch, timm\n"
+        'import sys, torch, timm\n'
         "m = timm.create_model('hf-hub:someorg/mtdp_resnet50', pretrained=True).eval()\n"
-        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        f'io = torch.load({str(tmp_path / "io.pt")!r})\n'
         "with torch.no_grad(): d = (m(io['x']) - io['ref']).abs().max().item()\n"
         "assert 'mtdp_hub' not in sys.modules\n"
         "print('DIFF', d, type(m).__name__)\n"
     )
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_HUB_CACHE': str(tmp_path / 'hf'), 'PYTHONPATH': ''}
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     _, diff, cls = out.stdout.split()
     assert float(diff) <= 1e-5 and cls == 'ResNet'

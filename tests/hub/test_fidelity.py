@@ -1,4 +1,5 @@
 """The registered models give exactly the original mtdp pooled features (<= 1e-5)."""
+
 import pytest
 import timm
 import torch
@@ -22,8 +23,9 @@ def test_features_equal_original(original_checkpoint, arch, name, dim):
 
 def test_densenet_has_no_final_relu(original_checkpoint):
     ckpt = original_checkpoint('densenet121')
-    model = timm.create_model('mtdp_densenet121', pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(ckpt.path))).eval()
+    model = timm.create_model(
+        'mtdp_densenet121', pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt.path))
+    ).eval()
     with torch.no_grad():
         maps = model.forward_features(torch.randn(1, 3, 64, 64))
     assert (maps < 0).any(), 'norm5 output must not pass through a ReLU'
@@ -36,8 +38,9 @@ def test_densenet_has_no_final_relu(original_checkpoint):
 @pytest.mark.parametrize('arch,name,dim', ARCHES)
 def test_fresh_head_keeps_pretrained_backbone(original_checkpoint, arch, name, dim):
     ckpt = original_checkpoint(arch)
-    model = timm.create_model(name, pretrained=True, num_classes=5,
-                              pretrained_cfg_overlay=dict(file=str(ckpt.path))).eval()
+    model = timm.create_model(
+        name, pretrained=True, num_classes=5, pretrained_cfg_overlay=dict(file=str(ckpt.path))
+    ).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert model(x).shape == (2, 5)

@@ -1,4 +1,5 @@
 """torch.hub.load on this repository (source='local')."""
+
 import importlib.util
 
 import torch
@@ -8,15 +9,22 @@ from tests.conftest import REPO_ROOT
 
 def test_hub_load_local_pretrained(original_checkpoint):
     ckpt = original_checkpoint('resnet50')
-    model = torch.hub.load(str(REPO_ROOT), 'mtdp_resnet50', source='local', pretrained=True,
-                           pretrained_cfg_overlay=dict(file=str(ckpt.path))).eval()
+    model = torch.hub.load(
+        str(REPO_ROOT),
+        'mtdp_resnet50',
+        source='local',
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(ckpt.path)),
+    ).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert (model(x) - ckpt.reference(x)).abs().max() <= 1e-5
 
 
 def test_hub_entry_points_and_kwargs_pass_through():
-    model = torch.hub.load(str(REPO_ROOT), 'mtdp_densenet121', source='local', pretrained=False, num_classes=3).eval()
+    model = torch.hub.load(
+        str(REPO_ROOT), 'mtdp_densenet121', source='local', pretrained=False, num_classes=3
+    ).eval()
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 

@@ -1,4 +1,5 @@
 """mtdp_hub.images: every awkward patch format becomes correct 8-bit RGB, or a named error."""
+
 from __future__ import annotations
 
 import io
@@ -41,10 +42,10 @@ def test_grey_png_replicated_to_three_channels(tmp_path):
 
 def test_rgba_composited_on_white(tmp_path):
     a = np.zeros((2, 2, 4), dtype=np.uint8)
-    a[0, 0] = (10, 20, 30, 255)   # opaque: unchanged
-    a[0, 1] = (0, 0, 0, 0)        # transparent black: white background
-    a[1, 0] = (0, 0, 0, 128)      # half transparent black: mid grey
-    a[1, 1] = (200, 100, 0, 0)    # transparent colour: white, colour ignored
+    a[0, 0] = (10, 20, 30, 255)  # opaque: unchanged
+    a[0, 1] = (0, 0, 0, 0)  # transparent black: white background
+    a[1, 0] = (0, 0, 0, 128)  # half transparent black: mid grey
+    a[1, 1] = (200, 100, 0, 0)  # transparent colour: white, colour ignored
     Image.fromarray(a, mode='RGBA').save(tmp_path / 'a.png')
     out = np.asarray(open_rgb(tmp_path / 'a.png')).astype(int)
     assert tuple(out[0, 0]) == (10, 20, 30)
@@ -67,8 +68,8 @@ def test_palette_png_and_palette_with_transparency(tmp_path):
 
 
 def test_cmyk_jpeg_converted(tmp_path):
-    cmyk = Image.new('CMYK', (16, 16), (0, 0, 0, 0))           # no ink: white
-    cmyk.paste((255, 0, 0, 0), (0, 0, 8, 16))                  # full cyan: (0, 255, 255)
+    cmyk = Image.new('CMYK', (16, 16), (0, 0, 0, 0))  # no ink: white
+    cmyk.paste((255, 0, 0, 0), (0, 0, 8, 16))  # full cyan: (0, 255, 255)
     cmyk.save(tmp_path / 'c.jpg', quality=100)
     with Image.open(tmp_path / 'c.jpg') as raw:
         assert raw.mode == 'CMYK'

@@ -1,4 +1,5 @@
 """One way to write files: whole or absent, umask respected, leftovers of dead processes cleaned."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,11 @@ from mtdp_hub import _io
 
 
 def _dead_pid() -> int:
-    return int(subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True,
-                              text=True).stdout)
+    return int(
+        subprocess.run(
+            [sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True
+        ).stdout
+    )
 
 
 def test_atomic_path_replaces_whole_or_not_at_all(tmp_path):

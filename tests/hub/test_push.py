@@ -1,4 +1,5 @@
 """Publishing: dry run by default, refuses incomplete or pickled folders; never touches the network."""
+
 import pytest
 import timm
 
@@ -37,9 +38,14 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
             calls.append(('create_repo', repo_id, kwargs['exist_ok'], kwargs['private']))
 
         def upload_folder(self, **kwargs):
-            calls.append(('upload_folder', kwargs['repo_id'], kwargs['folder_path'], sorted(kwargs['allow_patterns'])))
+            calls.append(
+                ('upload_folder', kwargs['repo_id'], kwargs['folder_path'], sorted(kwargs['allow_patterns']))
+            )
 
     monkeypatch.setattr(push, 'HfApi', FakeApi)
     push.push_folder(folder, 'org/name', dry_run=False, private=True, token='t')
-    assert calls == [('init', 't'), ('create_repo', 'org/name', True, True),
-                     ('upload_folder', 'org/name', str(folder), ['README.md', 'config.json', 'model.safetensors'])]
+    assert calls == [
+        ('init', 't'),
+        ('create_repo', 'org/name', True, True),
+        ('upload_folder', 'org/name', str(folder), ['README.md', 'config.json', 'model.safetensors']),
+    ]

@@ -1,4 +1,5 @@
 """The pretrained table: every row complete, every weight file hashed, defaults as documented."""
+
 import dataclasses
 
 import pytest
@@ -9,9 +10,25 @@ import mtdp_hub
 from mtdp_hub import models
 
 ROWS = ['mtdp_densenet121.mtdp22', 'mtdp_resnet50.mtdp22']
-MANDATORY = ('url', 'hf_hub_id', 'architecture', 'tag', 'input_size', 'interpolation', 'crop_pct', 'crop_mode',
-             'mean', 'std', 'first_conv', 'classifier', 'license', 'paper_ids', 'paper_name', 'origin_url',
-             'description')
+MANDATORY = (
+    'url',
+    'hf_hub_id',
+    'architecture',
+    'tag',
+    'input_size',
+    'interpolation',
+    'crop_pct',
+    'crop_mode',
+    'mean',
+    'std',
+    'first_conv',
+    'classifier',
+    'license',
+    'paper_ids',
+    'paper_name',
+    'origin_url',
+    'description',
+)
 
 
 def test_import_registers_models():

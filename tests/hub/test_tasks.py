@@ -1,4 +1,5 @@
 """The one task-folder reader: classes, hidden folders, symlinks, group ids; shared by evaluate and training."""
+
 from __future__ import annotations
 
 import shutil
@@ -25,9 +26,9 @@ def binary_task(tmp_path):
     for split in ('train', 'test'):
         _copy('01_TUMOR', root / split / 'tumour')
         _copy('02_STROMA', root / split / 'stroma')
-    _copy('03_COMPLEX', root / 'train' / '.ipynb_checkpoints')   # a notebook's stray folder
-    _copy('04_LYMPHO', root / 'test' / '__MACOSX')               # an unzipped archive's
-    _copy('05_DEBRIS', root / 'train' / 'tumour' / '.cache')     # hidden folder inside a class
+    _copy('03_COMPLEX', root / 'train' / '.ipynb_checkpoints')  # a notebook's stray folder
+    _copy('04_LYMPHO', root / 'test' / '__MACOSX')  # an unzipped archive's
+    _copy('05_DEBRIS', root / 'train' / 'tumour' / '.cache')  # hidden folder inside a class
     return root
 
 
@@ -35,12 +36,14 @@ def test_hidden_folders_are_neither_classes_nor_searched(binary_task):
     task = read_task_folder(binary_task)
     assert task.class_names == ['stroma', 'tumour']
     assert {s: len(v) for s, v in task.splits.items()} == {'train': 6, 'test': 6}
-    assert not any(part.startswith('.') or part == '__MACOSX' for p in task.splits['train'].paths for part in p.parts)
+    assert not any(
+        part.startswith('.') or part == '__MACOSX' for p in task.splits['train'].paths for part in p.parts
+    )
 
 
 def test_evaluate_and_training_read_the_same_binary_task(binary_task):
     task = load_task(binary_task)
-    assert task.metric == 'roc_auc' and task.n_classes == 2   # not 3-class accuracy
+    assert task.metric == 'roc_auc' and task.n_classes == 2  # not 3-class accuracy
     pool = load_pool({'tasks': [{'root': str(binary_task)}]}, ['train'], None)
     assert pool.tasks[0].classes == task.class_names
     assert pool.tasks[0].splits['train'].items == [str(p) for p in task.splits['train'].paths]
@@ -61,11 +64,14 @@ def test_group_id_is_the_prefix_before_the_first_underscore():
     assert group_id('/x/p17_0003.png') == 'p17' and group_id('lonely.png') == 'lonely'
 
 
-@pytest.mark.parametrize('layout, message', [
-    ({}, 'does not exist'),
-    ({'other/a': 1}, 'none of the split folders'),
-    ({'train/a': 1, 'train/.ipynb_checkpoints': 1}, '1 class folder'),
-])
+@pytest.mark.parametrize(
+    'layout, message',
+    [
+        ({}, 'does not exist'),
+        ({'other/a': 1}, 'none of the split folders'),
+        ({'train/a': 1, 'train/.ipynb_checkpoints': 1}, '1 class folder'),
+    ],
+)
 def test_bad_folders_name_the_folder(tmp_path, layout, message):
     root = tmp_path / 'task'
     for sub in layout:

@@ -1,4 +1,5 @@
 """timm's model contract on the registered models."""
+
 import pytest
 import timm
 import torch
@@ -52,7 +53,7 @@ def test_forward_intermediates(models, name, dim):
     with torch.no_grad():
         final, inter = m.forward_intermediates(x)
         assert final.shape[1] == dim and len(inter) == 5
-        assert torch.allclose(final, m.forward_features(x), atol=1e-5)   # the same final maps, same input
+        assert torch.allclose(final, m.forward_features(x), atol=1e-5)  # the same final maps, same input
 
 
 def test_densenet_intermediates_end_without_relu(models):
@@ -67,8 +68,14 @@ def test_densenet_intermediates_end_without_relu(models):
 @pytest.mark.parametrize('name', [n for n, _ in NAMES])
 def test_resolve_data_config(name):
     cfg = timm.data.resolve_data_config(model=timm.create_model(name))
-    assert cfg == {'input_size': (3, 224, 224), 'interpolation': 'bilinear', 'mean': (0.485, 0.456, 0.406),
-                   'std': (0.229, 0.224, 0.225), 'crop_pct': 1.0, 'crop_mode': 'center'}
+    assert cfg == {
+        'input_size': (3, 224, 224),
+        'interpolation': 'bilinear',
+        'mean': (0.485, 0.456, 0.406),
+        'std': (0.229, 0.224, 0.225),
+        'crop_pct': 1.0,
+        'crop_mode': 'center',
+    }
 
 
 @pytest.mark.parametrize('name', [n for n, _ in NAMES])

@@ -1,4 +1,5 @@
 """The weight source chain: order, SHA-256 checks, collision-free cache names, one combined error."""
+
 import hashlib
 
 import pytest
@@ -18,8 +19,10 @@ def _registry_cfg(name):
     return _model_pretrained_cfgs[name]
 
 
-URL_PATHS = {'resnet50': '/index.php/s/kvABLtVuMxW8iJy/download',
-             'densenet121': '/index.php/s/G72InP4xmJvOrVp/download'}
+URL_PATHS = {
+    'resnet50': '/index.php/s/kvABLtVuMxW8iJy/download',
+    'densenet121': '/index.php/s/G72InP4xmJvOrVp/download',
+}
 
 
 def _serve(http_server, ckpt, monkeypatch, record_hash=True):
@@ -49,7 +52,9 @@ def test_http_download_verified_and_cached(original_checkpoint, http_server, mon
     with torch.no_grad():
         assert (model(x) - ckpt.reference(x)).abs().max() <= 1e-5
     cached = list(tmp_path.iterdir())
-    assert [p.name for p in cached] == [f'{name}.mtdp22-{hashlib.sha256(ckpt.path.read_bytes()).hexdigest()[:12]}.pth']
+    assert [p.name for p in cached] == [
+        f'{name}.mtdp22-{hashlib.sha256(ckpt.path.read_bytes()).hexdigest()[:12]}.pth'
+    ]
     timm.create_model(name, pretrained=True, cache_dir=tmp_path)
     assert len(http_server.requests) == 1, 'the second load must come from the cache'
 
@@ -74,7 +79,9 @@ def test_both_download_urls_get_distinct_cache_files(original_checkpoint, http_s
     assert names[1].startswith('mtdp_resnet50.mtdp22-')
 
 
-def test_unrecorded_hash_is_accepted_and_logged(original_checkpoint, http_server, monkeypatch, tmp_path, caplog):
+def test_unrecorded_hash_is_accepted_and_logged(
+    original_checkpoint, http_server, monkeypatch, tmp_path, caplog
+):
     ckpt = original_checkpoint('resnet50')
     name = _serve(http_server, ckpt, monkeypatch, record_hash=False)
     timm.create_model(name, pretrained=True, cache_dir=tmp_path)
@@ -121,9 +128,14 @@ def test_all_sources_failing_gives_one_error_listing_each(monkeypatch, tmp_path)
     with pytest.raises(mtdp_hub.WeightsNotFoundError) as info:
         timm.create_model('mtdp_resnet50', pretrained=True, cache_dir=tmp_path / 'cache')
     text = str(info.value)
-    for expected in ('resnet50-mh-best-191205-141200.pth', 'mtdp_resnet50.mtdp22.safetensors',
-                     'Hugging Face Hub mtdp-hub/mtdp_resnet50.mtdp22', 'URL http://127.0.0.1:9/s/x/download',
-                     ENV_WEIGHTS_DIR, 'mtdp convert'):
+    for expected in (
+        'resnet50-mh-best-191205-141200.pth',
+        'mtdp_resnet50.mtdp22.safetensors',
+        'Hugging Face Hub mtdp-hub/mtdp_resnet50.mtdp22',
+        'URL http://127.0.0.1:9/s/x/download',
+        ENV_WEIGHTS_DIR,
+        'mtdp convert',
+    ):
         assert expected in text
     assert text.index('local file') < text.index('Hugging Face Hub') < text.index('URL')
 
@@ -133,15 +145,20 @@ def test_fetch_weights_first_working_source_wins(tmp_path):
     a.mkdir()
     b.mkdir()
     (b / 'w.safetensors').write_bytes(b'second')
-    sources = [WeightSource('local-dir', str(a), 'w.safetensors'), WeightSource('local-dir', str(b), 'w.safetensors'),
-               WeightSource('local-dir', str(a), 'never.safetensors')]
+    sources = [
+        WeightSource('local-dir', str(a), 'w.safetensors'),
+        WeightSource('local-dir', str(b), 'w.safetensors'),
+        WeightSource('local-dir', str(a), 'never.safetensors'),
+    ]
     assert fetch_weights('x.y', sources) == b / 'w.safetensors'
 
 
 def test_exported_weights_dir_layout(original_checkpoint, monkeypatch, tmp_path):
     """$MTDP_WEIGHTS_DIR may also hold exported safetensors as <model>.<tag>/model.safetensors."""
     ckpt = original_checkpoint('resnet50')
-    src = timm.create_model('mtdp_resnet50', pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt.path)))
+    src = timm.create_model(
+        'mtdp_resnet50', pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt.path))
+    )
     export_folder(src, tmp_path / 'weights' / 'mtdp_resnet50.mtdp22')
     monkeypatch.setenv(ENV_WEIGHTS_DIR, str(tmp_path / 'weights'))
     model = timm.create_model('mtdp_resnet50', pretrained=True).eval()

@@ -1,4 +1,5 @@
 """Fixtures for the training tests: tiny folder pools and a tiny, fast config (CPU, 32 px, test_resnet)."""
+
 from __future__ import annotations
 
 import os
@@ -50,10 +51,27 @@ def tiny_config_dict(pool: Path, out: Path, **sections) -> dict:
         'data': {'size': 32, 'batch_size': 8, 'eval_batch_size': 16, 'num_workers': 0},
         'model': {'arch': 'test_resnet', 'init': 'random'},
         'optim': {'lr': 0.01, 'head_lr_mult': 2.0},
-        'schedule': {'iterations': 12, 'warmup_iterations': 4, 'warmup_lr': 0.01, 'bn_recalibration_batches': 2,
-                     'val_every': 0, 'checkpoint_every': 4, 'keep_checkpoints': 2, 'log_every': 2},
-        'run': {'output_dir': str(out), 'name': 'run', 'device': 'cpu', 'amp': 'none', 'channels_last': False,
-                'progress': False, 'tensorboard': False, 'export': False, 'threads': 1},
+        'schedule': {
+            'iterations': 12,
+            'warmup_iterations': 4,
+            'warmup_lr': 0.01,
+            'bn_recalibration_batches': 2,
+            'val_every': 0,
+            'checkpoint_every': 4,
+            'keep_checkpoints': 2,
+            'log_every': 2,
+        },
+        'run': {
+            'output_dir': str(out),
+            'name': 'run',
+            'device': 'cpu',
+            'amp': 'none',
+            'channels_last': False,
+            'progress': False,
+            'tensorboard': False,
+            'export': False,
+            'threads': 1,
+        },
     }
     for section, values in sections.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
@@ -72,8 +90,17 @@ def tiny_config(tiny_pool, tmp_path):
     return make
 
 
-def run_training_cli(args: list[str], env_extra: dict | None = None, timeout=120, **kw) -> subprocess.CompletedProcess:
+def run_training_cli(
+    args: list[str], env_extra: dict | None = None, timeout=120, **kw
+) -> subprocess.CompletedProcess:
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO_ROOT), 'HF_HUB_OFFLINE': '1'}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, '-m', 'training', *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, '-m', 'training', *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )

@@ -1,4 +1,5 @@
 """Checkpoints: atomic, keep-last-K, disk full, killed runs; resume equals an uninterrupted run."""
+
 from __future__ import annotations
 
 import csv
@@ -45,17 +46,21 @@ def test_disk_full_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.torch, 'save', full_disk)
     with pytest.raises(ckpt.CheckpointWriteError, match='No space left.*previous checkpoints are intact'):
         ckpt.save_checkpoint({'iteration': 2, 'w': torch.zeros(4)}, tmp_path, 2)
-    assert [p.name for p in tmp_path.iterdir()] == ['ckpt-000000001.pt']   # no temp file, no ckpt 2
+    assert [p.name for p in tmp_path.iterdir()] == ['ckpt-000000001.pt']  # no temp file, no ckpt 2
     assert (tmp_path / 'ckpt-000000001.pt').read_bytes() == before
     assert ckpt.latest_checkpoint(tmp_path)[1]['iteration'] == 1
 
 
 def test_a_write_killed_before_the_rename_is_never_seen(tmp_path, monkeypatch):
     ckpt.save_checkpoint({'iteration': 1}, tmp_path, 1)
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
-    stale = tmp_path / f'.ckpt-000000002.pt.partial-{int(dead.stdout)}-0a1b'   # what a SIGKILL mid-write leaves
+    dead = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True
+    )
+    stale = (
+        tmp_path / f'.ckpt-000000002.pt.partial-{int(dead.stdout)}-0a1b'
+    )  # what a SIGKILL mid-write leaves
     stale.write_bytes(b'half a checkpoint')
-    alive = tmp_path / f'.ckpt-000000003.pt.partial-{os.getpid()}-0a1b'   # a write still in progress
+    alive = tmp_path / f'.ckpt-000000003.pt.partial-{os.getpid()}-0a1b'  # a write still in progress
     alive.write_bytes(b'being written')
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ['ckpt-000000001.pt']
     assert ckpt.clean_partial(tmp_path) == [stale] and not stale.exists() and alive.exists()
@@ -91,7 +96,7 @@ def test_signal_saves_and_resume_equals_uninterrupted(tiny_config, monkeypatch, 
         loop.main(cfg)
     assert info.value.iteration == stop_at and info.value.path.name == f'ckpt-{stop_at:09d}.pt'
     monkeypatch.setattr(loop, '_fault_point', lambda d, it: None)
-    resumed = loop.main(cfg)   # run.resume: auto picks the checkpoint up
+    resumed = loop.main(cfg)  # run.resume: auto picks the checkpoint up
     assert resumed['resumed_from'] == stop_at
     assert resumed['weights_sha256'] == ref['weights_sha256']
     a, b = final_state(ref_cfg), final_state(cfg)
@@ -99,7 +104,9 @@ def test_signal_saves_and_resume_equals_uninterrupted(tiny_config, monkeypatch, 
     assert_same_weights(a['model'], b['model'])
     assert a['optimizer']['state'].keys() == b['optimizer']['state'].keys()
     for k in a['optimizer']['state']:
-        assert torch.equal(a['optimizer']['state'][k]['momentum_buffer'], b['optimizer']['state'][k]['momentum_buffer'])
+        assert torch.equal(
+            a['optimizer']['state'][k]['momentum_buffer'], b['optimizer']['state'][k]['momentum_buffer']
+        )
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tiny_config, monkeypatch):
@@ -130,8 +137,12 @@ def test_bad_images_error_before_training_or_skip_and_list(tiny_config, tiny_poo
     cfg = tiny_config('bad')
     with pytest.raises(loop.BadImagesError) as info:
         loop.main(cfg)
-    assert 'broken.png' in str(info.value) and 'empty.jpg' in str(info.value) and 'data.bad_images' in str(info.value)
-    assert not ckpt.list_checkpoints(loop.run_dir_of(cfg) / 'checkpoints')   # stopped before the first step
+    assert (
+        'broken.png' in str(info.value)
+        and 'empty.jpg' in str(info.value)
+        and 'data.bad_images' in str(info.value)
+    )
+    assert not ckpt.list_checkpoints(loop.run_dir_of(cfg) / 'checkpoints')  # stopped before the first step
     cfg = tiny_config('skip', data={'bad_images': 'skip'}, schedule={'iterations': 4, 'warmup_iterations': 0})
     summary = loop.main(cfg)
     assert len(summary['skipped_images']) == 2 and any('broken.png' in s for s in summary['skipped_images'])
@@ -154,9 +165,13 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_config, 
     # 2) killed from outside at random moments (fixed test seed) once past a random iteration.
     rng = random.Random(0)
     for target in (8, 14):
-        proc = subprocess.Popen([sys.executable, '-m', 'training', '--config', str(config_file)],
-                                cwd=REPO_ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'training', '--config', str(config_file)],
+            cwd=REPO_ROOT,
+            env={**os.environ, 'OMP_NUM_THREADS': '1'},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
             done = ckpt.list_checkpoints(ckpt_dir)
@@ -166,7 +181,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_config, 
         time.sleep(rng.uniform(0.0, 0.15))
         proc.kill()
         proc.wait()
-        for p in ckpt.list_checkpoints(ckpt_dir):   # every visible checkpoint loads
+        for p in ckpt.list_checkpoints(ckpt_dir):  # every visible checkpoint loads
             ckpt.load_checkpoint(p)
     r = run_training_cli(['--config', str(config_file)])
     assert r.returncode == 0, r.stderr[-2000:]
@@ -179,7 +194,9 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tiny_config, 
 def test_cli_resume_continues_a_stopped_run(tiny_config, monkeypatch):
     ref = loop.main(tiny_config('ref'))
     cfg = tiny_config('cli')
-    monkeypatch.setattr(loop, '_fault_point', lambda d, it: os.kill(os.getpid(), signal.SIGTERM) if it == 5 else None)
+    monkeypatch.setattr(
+        loop, '_fault_point', lambda d, it: os.kill(os.getpid(), signal.SIGTERM) if it == 5 else None
+    )
     with pytest.raises(loop.TrainingInterrupted):
         loop.main(cfg)
     run_dir = loop.run_dir_of(cfg)
@@ -193,7 +210,7 @@ def test_cli_resume_continues_a_stopped_run(tiny_config, monkeypatch):
 def test_resume_refuses_changed_settings_and_keeps_metrics_unique(tiny_config, monkeypatch):
     cfg = tiny_config('change', schedule={'log_every': 1})
 
-    def crash(d, iteration):   # dies after iteration 6, the last checkpoint being iteration 4
+    def crash(d, iteration):  # dies after iteration 6, the last checkpoint being iteration 4
         if iteration == 6:
             raise RuntimeError('simulated crash')
 
@@ -202,7 +219,7 @@ def test_resume_refuses_changed_settings_and_keeps_metrics_unique(tiny_config, m
         loop.main(cfg)
     monkeypatch.setattr(loop, '_fault_point', lambda d, it: None)
     changed = tiny_config('change', optim={'lr': 0.5, 'head_lr_mult': 2.0}, schedule={'log_every': 1})
-    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.01 -> 0\.5"):
+    with pytest.raises(ConfigError, match=r'optim\.lr: 0\.01 -> 0\.5'):
         loop.main(changed)
     # More iterations and another log cadence are fine; the CSV then holds each iteration once.
     longer = tiny_config('change', schedule={'iterations': 14, 'log_every': 1})
@@ -216,5 +233,6 @@ def test_resume_never_refuses_a_folder_with_checkpoints(tiny_config):
     loop.main(tiny_config('old'))
     with pytest.raises(ConfigError, match='run.resume is never'):
         loop.main(tiny_config('old', run={'resume': 'never'}))
-    assert [p.name for p in ckpt.list_checkpoints(loop.run_dir_of(tiny_config('old')) / 'checkpoints')][-1] == \
-        'ckpt-000000012.pt'
+    assert [p.name for p in ckpt.list_checkpoints(loop.run_dir_of(tiny_config('old')) / 'checkpoints')][
+        -1
+    ] == 'ckpt-000000012.pt'

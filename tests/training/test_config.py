@@ -1,4 +1,5 @@
 """Config: defaults are the paper's, strict YAML load, overrides, the saved config reloads."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,27 +13,39 @@ CONFIGS = Path(__file__).resolve().parents[2] / 'training' / 'configs'
 
 def test_defaults_are_the_papers_recipe():
     cfg = Config()
-    assert (cfg.data.batch_size, cfg.data.size, cfg.schedule.iterations, cfg.schedule.warmup_iterations) == (64, 224, 50_000, 5_000)
+    assert (cfg.data.batch_size, cfg.data.size, cfg.schedule.iterations, cfg.schedule.warmup_iterations) == (
+        64,
+        224,
+        50_000,
+        5_000,
+    )
     assert (cfg.optim.momentum, cfg.optim.weight_decay, cfg.schedule.warmup_lr) == (0.9, 0.0, 1e-3)
     assert cfg.schedule.bn_recalibration_batches == 20 and cfg.model.init == 'imagenet'
 
 
-@pytest.mark.parametrize('name, arch, lr, tau, weights', [
-    ('mtdp_resnet50', 'resnet50', 1e-3, 1.0, 'resnet50.tv_in1k'),
-    ('mtdp_densenet121', 'mtdp_densenet121', 1e-4, 5.0, 'densenet121.tv_in1k'),
-])
+@pytest.mark.parametrize(
+    'name, arch, lr, tau, weights',
+    [
+        ('mtdp_resnet50', 'resnet50', 1e-3, 1.0, 'resnet50.tv_in1k'),
+        ('mtdp_densenet121', 'mtdp_densenet121', 1e-4, 5.0, 'densenet121.tv_in1k'),
+    ],
+)
 def test_released_configs_carry_the_released_settings(name, arch, lr, tau, weights):
     cfg = load_config(CONFIGS / f'{name}.yaml')
     assert cfg.run.name == name and cfg.model.arch == arch and cfg.model.imagenet_weights == weights
     assert (cfg.optim.lr, cfg.optim.head_lr_mult, cfg.optim.momentum) == (lr, tau, 0.9)
-    assert (cfg.schedule.iterations, cfg.schedule.warmup_iterations, cfg.schedule.warmup_lr) == (50_000, 5_000, 1e-3)
+    assert (cfg.schedule.iterations, cfg.schedule.warmup_iterations, cfg.schedule.warmup_lr) == (
+        50_000,
+        5_000,
+        1e-3,
+    )
     assert cfg.data.batch_size == 64 and cfg.data.train_splits == ['train', 'val', 'test']
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path):
     p = tmp_path / 'c.yaml'
     p.write_text('optim:\n  lr: 0.1\n  learning_rat: 0.2\n')
-    with pytest.raises(ConfigError, match=r"optim\.learning_rat"):
+    with pytest.raises(ConfigError, match=r'optim\.learning_rat'):
         load_config(p)
     p.write_text('optimiser: {lr: 0.1}\n')
     with pytest.raises(ConfigError, match='optimiser'):

@@ -1,4 +1,5 @@
 """The paper's transforms and the multi-task dataset."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,8 @@ from training.sampler import TaskUniformSampler
 
 def striped(w=60, h=40):
     a = np.zeros((h, w, 3), np.uint8)
-    a[:, :, 0] = np.arange(w, dtype=np.uint8)[None, :] * 4     # red grows left -> right
-    a[:, :, 1] = np.arange(h, dtype=np.uint8)[:, None] * 6     # green grows top -> bottom
+    a[:, :, 0] = np.arange(w, dtype=np.uint8)[None, :] * 4  # red grows left -> right
+    a[:, :, 1] = np.arange(h, dtype=np.uint8)[:, None] * 6  # green grows top -> bottom
     return Image.fromarray(a)
 
 
@@ -29,7 +30,9 @@ def test_train_transform_max_square_crop_resize_flips_normalise():
     outs = [train_transform(im, 32, torch.Generator().manual_seed(s)) for s in range(40)]
     assert all(o.shape == (3, 32, 32) for o in outs)
     # The crop is the maximal square (40 x 40): all green rows (0..39) are kept, only its x position varies.
-    greens = {round(float(unnormalise(o)[1].mean(1).max() - unnormalise(o)[1].mean(1).min()), 2) for o in outs}
+    greens = {
+        round(float(unnormalise(o)[1].mean(1).max() - unnormalise(o)[1].mean(1).min()), 2) for o in outs
+    }
     assert len(greens) == 1
     # Horizontal and vertical flips both happen, independently, about half the time.
     h = [bool(unnormalise(o)[0, :, 0].mean() > unnormalise(o)[0, :, -1].mean()) for o in outs]
@@ -45,10 +48,10 @@ def test_train_transform_max_square_crop_resize_flips_normalise():
 
 def test_validation_transform_is_the_backbones_resize_then_centre_crop():
     backbone = timm.create_model('test_resnet', num_classes=0)
-    set_training_preprocessing(backbone, 20)   # what a run records; validation and extraction read it back
-    x = unnormalise(eval_transform(data_config(backbone))(striped(60, 40)))   # -> 30 x 20, centre 20 x 20
+    set_training_preprocessing(backbone, 20)  # what a run records; validation and extraction read it back
+    x = unnormalise(eval_transform(data_config(backbone))(striped(60, 40)))  # -> 30 x 20, centre 20 x 20
     assert x.shape == (3, 20, 20)
-    red = x[0].mean(0) * 255 / 4   # original column index, scaled by 60/30 = 2
+    red = x[0].mean(0) * 255 / 4  # original column index, scaled by 60/30 = 2
     assert abs(float(red[0]) - 2 * 5 - 1) < 2 and abs(float(red[-1]) - 2 * 24 - 1) < 2
 
 
@@ -80,20 +83,26 @@ def test_device_decode_makes_the_cpu_paths_batch(tmp_path):
     """data.decode: gpu (run here on the CPU device): same crops and flips as the Pillow path, from bytes."""
     from training.data import DeviceAugment, EncodedMultiTaskDataset, collate_encoded
 
-    pool = load_pool({'tasks': [{'name': 'rgb', 'root': str(_jpeg_task(tmp_path / 'rgb'))},
-                                {'name': 'grey', 'root': str(_jpeg_task(tmp_path / 'grey', mode='L'))}]})
-    for size in (40, 24):   # 40: the crop is already the input size; 24: resized
+    pool = load_pool(
+        {
+            'tasks': [
+                {'name': 'rgb', 'root': str(_jpeg_task(tmp_path / 'rgb'))},
+                {'name': 'grey', 'root': str(_jpeg_task(tmp_path / 'grey', mode='L'))},
+            ]
+        }
+    )
+    for size in (40, 24):  # 40: the crop is already the input size; 24: resized
         cpu, enc = MultiTaskDataset(pool, ['train'], size), EncodedMultiTaskDataset(pool, ['train'], size)
         draws = list(TaskUniformSampler(cpu.task_sizes, seed=1, num_draws=16))
         items, _, tasks = collate_encoded([enc[k] for k in draws])
-        assert {im.params is None for im, t in zip(items, tasks.tolist()) if t == 1} == {True}   # grey: CPU
-        assert {im.data.dim() for im, t in zip(items, tasks.tolist()) if t == 0} == {1}   # RGB JPEG: bytes
+        assert {im.params is None for im, t in zip(items, tasks.tolist()) if t == 1} == {True}  # grey: CPU
+        assert {im.data.dim() for im, t in zip(items, tasks.tolist()) if t == 0} == {1}  # RGB JPEG: bytes
         x = DeviceAugment(size, torch.device('cpu'))(items)
         ref = torch.stack([cpu[k][0] for k in draws])
         diff = (x - ref).abs()
         if size == 40:
             assert diff.max() < 1e-5
-        else:   # Pillow's and torch's antialiased bilinear resize differ by at most a grey level or two
+        else:  # Pillow's and torch's antialiased bilinear resize differ by at most a grey level or two
             assert diff.max() < 2.5 / 255 / 0.224 and diff.mean() < 0.01
 
 
@@ -105,11 +114,16 @@ def test_device_decode_trains_to_the_same_weights(tmp_path):
     from .conftest import tiny_config_dict
 
     pool = tmp_path / 'pool.yaml'
-    pool.write_text(f'tasks:\n  - root: {_jpeg_task(tmp_path / "a")}\n  - root: {_jpeg_task(tmp_path / "b", n=4)}\n')
+    pool.write_text(
+        f'tasks:\n  - root: {_jpeg_task(tmp_path / "a")}\n  - root: {_jpeg_task(tmp_path / "b", n=4)}\n'
+    )
     sha = {}
     for decode in ('cpu', 'gpu'):
-        d = tiny_config_dict(pool, tmp_path / 'runs', schedule={'iterations': 4, 'warmup_iterations': 1,
-                                                               'bn_recalibration_batches': 1})
+        d = tiny_config_dict(
+            pool,
+            tmp_path / 'runs',
+            schedule={'iterations': 4, 'warmup_iterations': 1, 'bn_recalibration_batches': 1},
+        )
         d['data'].update(size=40, decode=decode, scan_images=False)
         d['run']['name'] = decode
         sha[decode] = main(from_dict(d).validate())['weights_sha256']
@@ -121,9 +135,11 @@ def test_device_decode_sends_a_png_named_jpg_the_pillow_way(tmp_path):
 
     root = _jpeg_task(tmp_path / 't', n=2)
     fake = root / 'train' / 'a' / 'p_0.jpg'
-    Image.open(fake).convert('RGB').save(fake, format='PNG')   # PNG bytes under a .jpg name
+    Image.open(fake).convert('RGB').save(fake, format='PNG')  # PNG bytes under a .jpg name
     pool = load_pool({'tasks': [{'name': 't', 'root': str(root)}]})
     ds = EncodedMultiTaskDataset(pool, ['train'], 24)
-    flat = [k for k, (_, _, i) in enumerate(ds.index) if pool.tasks[0].splits['train'].items[i] == str(fake)][0]
+    flat = [k for k, (_, _, i) in enumerate(ds.index) if pool.tasks[0].splits['train'].items[i] == str(fake)][
+        0
+    ]
     image, _, _ = ds[(flat, 0)]
     assert image.params is None and image.data.shape == (3, 24, 24)

@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo): 2 ranks end with identical weights; an elastic restart after a rank is
 killed resumes from the last checkpoint and ends where an uninterrupted 2-rank run ends."""
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,28 @@ pytestmark = pytest.mark.slow
 def torchrun(config_file, extra_env=None, max_restarts=0, timeout=120):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO_ROOT), 'HF_HUB_OFFLINE': '1'}
     env.update(extra_env or {})
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
-           f'--max-restarts={max_restarts}', '-m', 'training', '--config', str(config_file)]
+    cmd = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--standalone',
+        f'--max-restarts={max_restarts}',
+        '-m',
+        'training',
+        '--config',
+        str(config_file),
+    ]
     # Own process group: on a timeout the ranks die with torchrun instead of outliving the test.
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -44,7 +62,9 @@ def ddp_runs(tmp_path_factory):
 
     base = tmp_path_factory.mktemp('ddp')
     write_task(base / 'data' / 'alpha', {'train': {'a': 6, 'b': 6}, 'val': {'a': 3, 'b': 3}}, seed=1)
-    write_task(base / 'data' / 'beta', {'train': {'x': 4, 'y': 4, 'z': 4}, 'val': {'x': 2, 'y': 2, 'z': 2}}, seed=2)
+    write_task(
+        base / 'data' / 'beta', {'train': {'x': 4, 'y': 4, 'z': 4}, 'val': {'x': 2, 'y': 2, 'z': 2}}, seed=2
+    )
     pool = base / 'pool.yaml'
     pool.write_text('tasks:\n  - root: data/alpha\n  - root: data/beta\n')
     results = {}
@@ -73,7 +93,7 @@ def test_elastic_restart_resumes_from_last_checkpoint_and_matches(ddp_runs):
     proc, run_dir = ddp_runs['elastic']
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / 'summary.json').read_text())
-    assert summary['resumed_from'] == 4   # checkpoints every 4 iterations; rank 1 died after 7
+    assert summary['resumed_from'] == 4  # checkpoints every 4 iterations; rank 1 died after 7
     assert summary['rank_weights_sha256'][0] == summary['rank_weights_sha256'][1]
     plain = json.loads((ddp_runs['plain'][1] / 'summary.json').read_text())
     assert summary['weights_sha256'] == plain['weights_sha256']

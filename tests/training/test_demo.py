@@ -1,5 +1,6 @@
 """The README's main command: the built-in demo trains on CPU, exports, reloads the export
 through timm and prints per-task accuracy well above chance."""
+
 from __future__ import annotations
 
 import json
@@ -26,13 +27,24 @@ def test_demo_pool_is_deterministic_with_different_class_counts(tmp_path):
 
 @pytest.mark.slow
 def test_demo_command_trains_exports_and_beats_chance(tmp_path):
-    r = run_training_cli(['--config', 'training/configs/demo.yaml', '--set', f'run.output_dir={tmp_path}',
-                          '--set', 'run.progress=false'], timeout=600)
+    r = run_training_cli(
+        [
+            '--config',
+            'training/configs/demo.yaml',
+            '--set',
+            f'run.output_dir={tmp_path}',
+            '--set',
+            'run.progress=false',
+        ],
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    found = re.findall(r'reloaded export, (\w+) \((\d) classes, chance [\d.]+\): val accuracy ([\d.]+)', r.stdout)
+    found = re.findall(
+        r'reloaded export, (\w+) \((\d) classes, chance [\d.]+\): val accuracy ([\d.]+)', r.stdout
+    )
     assert {name for name, _, _ in found} == set(DEMO_TASKS), r.stdout[-3000:]
     for name, classes, acc in found:
         assert float(acc) >= 1 / int(classes) + 0.3, (name, acc)
     summary = json.loads((tmp_path / 'demo' / 'summary.json').read_text())
     assert (tmp_path / 'demo' / 'export' / 'model.safetensors').is_file()
-    assert summary['export_metrics'] == pytest.approx(summary['metrics'], abs=0.02)   # the export is the model
+    assert summary['export_metrics'] == pytest.approx(summary['metrics'], abs=0.02)  # the export is the model

@@ -1,5 +1,6 @@
 """Export: the run's backbone reloads through timm (local-dir:) with the same features, the heads
 file holds the trained heads; `python -m training export` and `scan` from the command line."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,24 @@ def test_export_reloads_through_timm_with_same_features_and_heads(tiny_config, t
     summary = loop.main(cfg)
     export = loop.run_dir_of(cfg) / 'export'
     assert summary['export'] == str(export)
-    assert {p.name for p in export.iterdir()} >= {'model.safetensors', 'config.json', 'README.md', 'heads.safetensors'}
+    assert {p.name for p in export.iterdir()} >= {
+        'model.safetensors',
+        'config.json',
+        'README.md',
+        'heads.safetensors',
+    }
     config = json.loads((export / 'config.json').read_text())
     assert config['architecture'] == 'test_resnet' and config['num_classes'] == 0
-    assert config['pretrained_cfg']['input_size'] == [3, 32, 32] and config['pretrained_cfg']['crop_pct'] == 1.0
+    assert (
+        config['pretrained_cfg']['input_size'] == [3, 32, 32] and config['pretrained_cfg']['crop_pct'] == 1.0
+    )
     card = (export / 'README.md').read_text()
     assert 'alpha' in card and 'beta' in card and 'gamma' in card and 'val/alpha/acc' in card
 
     # The trained model, rebuilt from the final checkpoint.
-    state = torch.load(sorted((loop.run_dir_of(cfg) / 'checkpoints').glob('ckpt-*.pt'))[-1], weights_only=False)
+    state = torch.load(
+        sorted((loop.run_dir_of(cfg) / 'checkpoints').glob('ckpt-*.pt'))[-1], weights_only=False
+    )
     net = MultiTaskNet(create_backbone('test_resnet', 'random'), {'alpha': 2, 'beta': 3, 'gamma': 2})
     net.load_state_dict(state['model'])
     net.eval()
@@ -41,12 +51,17 @@ def test_export_reloads_through_timm_with_same_features_and_heads(tiny_config, t
     heads, classes = load_heads(export / 'heads.safetensors')
     assert classes == {'alpha': ['a', 'b'], 'beta': ['x', 'y', 'z'], 'gamma': ['u', 'v']}
     for name, head in heads.items():
-        assert torch.equal(head.weight, net.heads[name].weight) and torch.equal(head.bias, net.heads[name].bias)
+        assert torch.equal(head.weight, net.heads[name].weight) and torch.equal(
+            head.bias, net.heads[name].bias
+        )
 
     # On demand, from a checkpoint, through the command line: the same weights.
     r = run_training_cli(['export', '--run', str(loop.run_dir_of(cfg)), '--out', str(tmp_path / 'again')])
     assert r.returncode == 0, r.stderr[-2000:]
-    a, b = load_file(str(export / 'model.safetensors')), load_file(str(tmp_path / 'again' / 'model.safetensors'))
+    a, b = (
+        load_file(str(export / 'model.safetensors')),
+        load_file(str(tmp_path / 'again' / 'model.safetensors')),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -1,5 +1,6 @@
 """Backbones: any timm name with num_classes=0, the paper's archs, ImageNet init that fails (or falls
 back) clearly when the weights are unreachable, and initialisation from a local file."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,10 @@ from mtdp_hub.errors import CheckpointError
 from training.model import MultiTaskNet, WeightsUnavailableError, create_backbone, imagenet_weights_name
 
 
-@pytest.mark.parametrize('arch, features', [('resnet50', 2048), ('densenet121', 1024), ('mtdp_resnet50', 2048),
-                                            ('mtdp_densenet121', 1024)])
+@pytest.mark.parametrize(
+    'arch, features',
+    [('resnet50', 2048), ('densenet121', 1024), ('mtdp_resnet50', 2048), ('mtdp_densenet121', 1024)],
+)
 def test_paper_backbones_pool_to_features_with_one_head_per_task(arch, features):
     net = MultiTaskNet(create_backbone(arch, 'random'), {'a': 2, 'b': 5}).eval()
     assert net.backbone.num_features == features
@@ -34,22 +37,28 @@ def test_unreachable_imagenet_weights_error_or_fall_back_clearly(monkeypatch):
 
     def offline(name, pretrained=False, **kw):
         if pretrained:
-            raise RuntimeError('offline: no cached file')   # what the hub client raises, in short
+            raise RuntimeError('offline: no cached file')  # what the hub client raises, in short
         return real(name, pretrained=False, **kw)
 
     monkeypatch.setattr(timm, 'create_model', offline)
-    with pytest.raises(WeightsUnavailableError, match=r"'test_resnet.r160_in1k'.*model.if_weights_missing=random"):
+    with pytest.raises(
+        WeightsUnavailableError, match=r"'test_resnet.r160_in1k'.*model.if_weights_missing=random"
+    ):
         create_backbone('test_resnet', 'imagenet', 'test_resnet.r160_in1k')
     messages = []
-    net = create_backbone('test_resnet', 'imagenet', 'test_resnet.r160_in1k', if_missing='random', log=messages.append)
+    net = create_backbone(
+        'test_resnet', 'imagenet', 'test_resnet.r160_in1k', if_missing='random', log=messages.append
+    )
     assert net.num_features > 0 and 'RANDOM weights' in messages[0]
 
 
 def test_init_from_a_local_file_loads_every_weight(tmp_path):
     torch.manual_seed(1)
     source = timm.create_model('test_resnet', num_classes=0)
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / 'model.safetensors'))
-    for path in (tmp_path / 'model.safetensors', tmp_path):   # a file or an exported folder
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / 'model.safetensors')
+    )
+    for path in (tmp_path / 'model.safetensors', tmp_path):  # a file or an exported folder
         net = create_backbone('test_resnet', str(path), log=lambda m: None)
         for k, v in source.state_dict().items():
             assert torch.equal(net.state_dict()[k], v), k

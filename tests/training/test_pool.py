@@ -1,4 +1,5 @@
 """Pools: folder and datasets tasks; every validation error names the task, before training."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,13 +16,19 @@ def test_folder_pool_names_classes_sizes_and_groups(tiny_pool):
     assert pool.sizes(['train']) == [12, 12, 20] and pool.sizes(['train', 'val']) == [18, 18, 24]
     beta = pool.tasks[1]
     assert beta.splits['train'].labels == [0] * 4 + [1] * 4 + [2] * 4
-    assert set(beta.splits.keys()) == {'train', 'val'}   # a missing test split is fine
+    assert set(beta.splits.keys()) == {'train', 'val'}  # a missing test split is fine
 
 
 def test_class_subsets_groups_and_trailing_slash(tmp_path):
     write_task(tmp_path / 'crc', {'train': {'AC': 3, 'H': 3, 'S': 3}, 'val': {'AC': 1, 'H': 1, 'S': 1}})
-    pool = load_pool({'tasks': [{'name': 'bin', 'root': str(tmp_path / 'crc'), 'classes': ['H', 'AC'], 'groups': 'prefix'},
-                                {'root': str(tmp_path / 'crc') + '/'}]})
+    pool = load_pool(
+        {
+            'tasks': [
+                {'name': 'bin', 'root': str(tmp_path / 'crc'), 'classes': ['H', 'AC'], 'groups': 'prefix'},
+                {'root': str(tmp_path / 'crc') + '/'},
+            ]
+        }
+    )
     assert pool.names == ['bin', 'crc']
     assert pool.tasks[0].classes == ['H', 'AC'] and len(pool.tasks[0].splits['train']) == 6
     assert pool.tasks[0].splits['train'].labels == [0, 0, 0, 1, 1, 1]
@@ -31,22 +38,27 @@ def test_class_subsets_groups_and_trailing_slash(tmp_path):
 def test_datasets_imagefolder_source(tmp_path):
     pytest.importorskip('datasets')
     write_task(tmp_path / 'hf', {'train': {'cat': 3, 'dog': 3}, 'validation': {'cat': 2, 'dog': 2}})
-    pool = load_pool({'tasks': [{'name': 'pets', 'hf': {'path': 'imagefolder', 'data_dir': str(tmp_path / 'hf')}}]})
+    pool = load_pool(
+        {'tasks': [{'name': 'pets', 'hf': {'path': 'imagefolder', 'data_dir': str(tmp_path / 'hf')}}]}
+    )
     task = pool.tasks[0]
     assert task.classes == ['cat', 'dog'] and len(task.splits['train']) == 6 and len(task.splits['val']) == 4
     im = task.load('val', 3)
     assert im.mode == 'RGB' and im.size == (40, 32)
 
 
-@pytest.mark.parametrize('case, message', [
-    ('unknown_key', r"task 'alpha': unknown keys \['rooot'\]"),
-    ('missing_root', r"task 'ghost': task folder .*ghost does not exist"),
-    ('duplicate', r"duplicate task names \['alpha'\]"),
-    ('val_only_class', r"task 'alpha': classes \['c'\] appear in split 'val' but not in the training"),
-    ('one_class', r"task 'solo': .* has 1 class folder"),
-    ('empty', r"task 'hollow': .*(no images|none of the split folders)"),
-    ('pool_key', r"unknown pool keys \['taks'\]"),
-])
+@pytest.mark.parametrize(
+    'case, message',
+    [
+        ('unknown_key', r"task 'alpha': unknown keys \['rooot'\]"),
+        ('missing_root', r"task 'ghost': task folder .*ghost does not exist"),
+        ('duplicate', r"duplicate task names \['alpha'\]"),
+        ('val_only_class', r"task 'alpha': classes \['c'\] appear in split 'val' but not in the training"),
+        ('one_class', r"task 'solo': .* has 1 class folder"),
+        ('empty', r"task 'hollow': .*(no images|none of the split folders)"),
+        ('pool_key', r"unknown pool keys \['taks'\]"),
+    ],
+)
 def test_bad_pools_fail_naming_the_task(tmp_path, case, message):
     write_task(tmp_path / 'alpha', {'train': {'a': 2, 'b': 2}, 'val': {'a': 1, 'b': 1}})
     alpha = {'root': str(tmp_path / 'alpha')}

@@ -1,4 +1,5 @@
 """Each point of the paper's recipe on its own (reproduction notes 2.2-2.5)."""
+
 from __future__ import annotations
 
 import timm
@@ -39,7 +40,7 @@ def test_routing_gives_each_sample_its_own_heads_logits():
     for i, ti in enumerate(t.tolist()):
         head = list(net.heads.values())[ti]
         c = head.out_features
-        assert torch.allclose(out[i, :c], head(feats[i:i + 1])[0], atol=1e-6)
+        assert torch.allclose(out[i, :c], head(feats[i : i + 1])[0], atol=1e-6)
         assert torch.isinf(out[i, c:]).all()
 
 
@@ -50,13 +51,14 @@ def test_loss_is_per_sample_cross_entropy_averaged_over_the_whole_batch():
     feats = net.backbone(x)
     per_sample = []
     for i, ti in enumerate(t.tolist()):
-        logits = list(net.heads.values())[ti](feats[i:i + 1])
-        per_sample.append(F.cross_entropy(logits, y[i:i + 1]))
-    expected = torch.stack(per_sample).sum() / len(y)   # 1/B sum_i sum_{j in B_i}, not a mean of task means
+        logits = list(net.heads.values())[ti](feats[i : i + 1])
+        per_sample.append(F.cross_entropy(logits, y[i : i + 1]))
+    expected = torch.stack(per_sample).sum() / len(y)  # 1/B sum_i sum_{j in B_i}, not a mean of task means
     assert torch.allclose(loss, expected, atol=1e-6)
-    task_means = torch.stack([torch.stack([p for p, ti in zip(per_sample, t.tolist()) if ti == k]).mean()
-                              for k in range(3)]).mean()
-    assert not torch.allclose(loss, task_means, atol=1e-4)   # the batches are unbalanced on purpose
+    task_means = torch.stack(
+        [torch.stack([p for p, ti in zip(per_sample, t.tolist()) if ti == k]).mean() for k in range(3)]
+    ).mean()
+    assert not torch.allclose(loss, task_means, atol=1e-4)  # the batches are unbalanced on purpose
 
 
 def test_head_gradients_are_rescaled_by_B_over_B_i_and_backbone_untouched():
@@ -85,7 +87,7 @@ def test_head_gradients_are_rescaled_by_B_over_B_i_and_backbone_untouched():
 def test_absent_task_head_gets_exact_zero_gradient():
     net = make_net()
     x, y, t = batch()
-    t = torch.where(t == 1, torch.zeros_like(t), t)   # no task 'three' in the batch
+    t = torch.where(t == 1, torch.zeros_like(t), t)  # no task 'three' in the batch
     y = torch.where(t == 0, y.clamp(max=1), y)
     multitask_loss(net(x, t), y).backward()
     rescale_head_grads(net, task_counts(t, 3), len(y))
@@ -117,7 +119,7 @@ def test_param_groups_backbone_at_gamma_heads_at_gamma_tau():
 def test_warmup_freezes_backbone_weights_and_bn_statistics():
     net = make_net()
     net.freeze_backbone()
-    net.train()   # must keep the backbone in eval mode
+    net.train()  # must keep the backbone in eval mode
     assert not net.backbone.training and net.heads.training
     before = {k: v.clone() for k, v in net.backbone.state_dict().items()}
     heads_before = {k: v.clone() for k, v in net.heads.state_dict().items()}
@@ -129,7 +131,7 @@ def test_warmup_freezes_backbone_weights_and_bn_statistics():
         rescale_head_grads(net, task_counts(t, 3), len(y))
         opt.step()
     after = net.backbone.state_dict()
-    for k, v in before.items():   # weights, BN running_mean/var and num_batches_tracked
+    for k, v in before.items():  # weights, BN running_mean/var and num_batches_tracked
         assert torch.equal(after[k], v), k
     assert any(not torch.equal(net.heads.state_dict()[k], v) for k, v in heads_before.items())
     assert all(p.grad is None for p in net.backbone.parameters())
@@ -141,19 +143,25 @@ def test_warmup_freezes_backbone_weights_and_bn_statistics():
 def test_bn_recalibration_keeps_every_bn_output_and_sets_statistics_of_the_batches():
     net = make_net()
     bns = [m for m in net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():   # ImageNet-like, non-trivial starting statistics
+    with torch.no_grad():  # ImageNet-like, non-trivial starting statistics
         for m in bns:
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             m.weight.uniform_(0.5, 1.5)
             m.bias.uniform_(-0.3, 0.3)
     net.eval()
-    batches = [batch(seed=s)[0] * 2 + 0.5 for s in range(3)]   # shifted "pathology" inputs
+    batches = [batch(seed=s)[0] * 2 + 0.5 for s in range(3)]  # shifted "pathology" inputs
     outputs = {}
 
     def grab(store):
-        return [m.register_forward_hook(lambda mod, i, o, k=k: store.setdefault(k, []).append((i[0].detach().clone(), o.detach().clone())))
-                for k, m in enumerate(bns)]
+        return [
+            m.register_forward_hook(
+                lambda mod, i, o, k=k: store.setdefault(k, []).append(
+                    (i[0].detach().clone(), o.detach().clone())
+                )
+            )
+            for k, m in enumerate(bns)
+        ]
 
     hs = grab(outputs)
     ref = torch.cat([net.backbone(b) for b in batches]).detach()
@@ -168,8 +176,9 @@ def test_bn_recalibration_keeps_every_bn_output_and_sets_statistics_of_the_batch
         h.remove()
     assert torch.allclose(new, ref, atol=1e-4, rtol=1e-4)
     for k, m in enumerate(bns):
-        assert torch.allclose(torch.cat([o for _, o in after[k]]), torch.cat([o for _, o in outputs[k]]),
-                              atol=1e-4, rtol=1e-4)
+        assert torch.allclose(
+            torch.cat([o for _, o in after[k]]), torch.cat([o for _, o in outputs[k]]), atol=1e-4, rtol=1e-4
+        )
         inputs = torch.cat([i for i, _ in outputs[k]]).double()
         assert torch.allclose(m.running_mean.double(), inputs.mean(dim=(0, 2, 3)), atol=1e-5)
         var = inputs.transpose(0, 1).reshape(inputs.shape[1], -1).var(dim=1, unbiased=True)

@@ -1,5 +1,6 @@
 """A short real run on the shared H&E patches (crc-he-5class) as a pool of 3 related tasks:
 healthy vs adenocarcinoma, adenoma subtype S/T/V, all five classes. CPU, small images."""
+
 from __future__ import annotations
 
 import csv
@@ -25,12 +26,20 @@ def test_crc_pool_loss_falls_and_every_task_beats_chance(shared_data, tmp_path):
   - {{name: crc_5class, root: {root}}}
 """)
     d = tiny_config_dict(
-        pool, tmp_path / 'runs',
+        pool,
+        tmp_path / 'runs',
         data={'size': 48, 'batch_size': 32, 'eval_batch_size': 100, 'num_workers': 1},
         model={'arch': 'resnet18'},
         optim={'lr': 0.02, 'head_lr_mult': 1.0},
-        schedule={'iterations': 150, 'warmup_iterations': 10, 'warmup_lr': 0.02, 'bn_recalibration_batches': 4,
-                  'checkpoint_every': 150, 'keep_checkpoints': 1, 'log_every': 10},
+        schedule={
+            'iterations': 150,
+            'warmup_iterations': 10,
+            'warmup_lr': 0.02,
+            'bn_recalibration_batches': 4,
+            'checkpoint_every': 150,
+            'keep_checkpoints': 1,
+            'log_every': 10,
+        },
     )
     d['run']['name'] = 'crc'
     cfg = from_dict(d).validate()
