@@ -51,9 +51,8 @@ from mtdp_hub.features import FeatureExtractor, extract_source, make_source
 from mtdp_hub.features.runtime import autocast
 from mtdp_hub.images import find_images
 from training.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DeviceAugment,
+    DeviceNormalise,
     EncodedMultiTaskDataset,
     MultiTaskDataset,
     collate_encoded,
@@ -119,20 +118,6 @@ class Uint8Dataset(MultiTaskDataset):
 
     def _load(self, task, split: str, j: int, generator: torch.Generator) -> torch.Tensor:
         return train_transform_uint8(task.load(split, j), self.size, generator)
-
-
-class Normalise:
-    """uint8 batch on the device -> ImageNet-normalised float batch (the ``uint8`` mode's last step)."""
-
-    def __init__(self, device: torch.device, channels_last: bool):
-        self.channels_last = channels_last
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.inv_std = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (x.float() - self.mean) * self.inv_std
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +214,7 @@ def run_e2e(
     base: MultiTaskDataset,
     args,
     device: torch.device,
-    normalise: Normalise,
+    normalise: DeviceNormalise,
     seconds: float,
 ) -> dict:
     workers = args.decode_workers if mode == 'gpu_decode' else args.workers
@@ -245,8 +230,7 @@ def run_e2e(
             x = device_augment(data)  # the training loop's path for data.decode: gpu
         else:
             x, y, t = next(batches)
-            x = x.to(device, non_blocking=True)
-            x = normalise(x) if mode == 'uint8' else x.to(memory_format=mf)
+            x = normalise(x) if mode == 'uint8' else x.to(device, non_blocking=True, memory_format=mf)
         trainer.step(x, y.to(device, non_blocking=True), t.to(device, non_blocking=True))
 
     t0 = time.perf_counter()
@@ -386,7 +370,7 @@ def train_section(
     log(
         f'{arch}: synthetic {res["synthetic"]["img_per_s"]} img/s (warm-up incl. compile {res["warmup_and_compile_s"]} s)'
     )
-    normalise = Normalise(device, channels_last)
+    normalise = DeviceNormalise(device, torch.channels_last if channels_last else torch.contiguous_format)
     for mode in modes:
         need = args.measure_s + 20
         if not budget.fits(need):

@@ -38,6 +38,7 @@ __all__ = [
     'SplitDataset',
     'EncodedMultiTaskDataset',
     'DeviceAugment',
+    'DeviceNormalise',
     'collate_encoded',
     'ScanReport',
     'scan_pool',
@@ -177,15 +178,28 @@ def collate_encoded(batch):
     return list(images), torch.tensor(labels), torch.tensor(tasks)
 
 
+class DeviceNormalise:
+    """A uint8 NCHW batch -> on ``device``, in ``memory_format``, ImageNet-normalised float32
+    (what :func:`normalise_uint8` does per image, for a whole batch on the device)."""
+
+    def __init__(self, device: torch.device, memory_format=torch.contiguous_format):
+        self.device, self.memory_format = device, memory_format
+        self.mean = _MEAN255.view(1, 3, 1, 1).to(device)
+        self.inv_std = _INV_STD255.view(1, 3, 1, 1).to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return x.float().sub_(self.mean).mul_(self.inv_std)
+
+
 class DeviceAugment:
     """Decode a batch of :class:`EncodedImage` on ``device`` (nvJPEG on CUDA) and finish the paper's
     augmentation there: crop, resize, flips, ImageNet normalisation. One host-side CPU core then
     feeds far more images per second than with Pillow decoding."""
 
     def __init__(self, size: int, device: torch.device, memory_format=torch.contiguous_format):
-        self.size, self.device, self.memory_format = size, device, memory_format
-        self.mean = (torch.tensor(IMAGENET_MEAN) * 255).view(1, 3, 1, 1).to(device)
-        self.inv_std = (1 / (torch.tensor(IMAGENET_STD) * 255)).view(1, 3, 1, 1).to(device)
+        self.size, self.device = size, device
+        self.normalise = DeviceNormalise(device, memory_format)
 
     def __call__(self, images: Sequence[EncodedImage]) -> torch.Tensor:
         encoded = [k for k, im in enumerate(images) if im.params is not None]
@@ -199,8 +213,7 @@ class DeviceAugment:
         for k, im in enumerate(images):
             if out[k] is None:
                 out[k] = im.data.to(self.device, non_blocking=True)
-        x = torch.stack(out).contiguous(memory_format=self.memory_format)
-        return x.float().sub_(self.mean).mul_(self.inv_std)
+        return self.normalise(torch.stack(out))
 
     def _augment(self, x: torch.Tensor, params: list[int]) -> torch.Tensor:
         x0, y0, side, flip_h, flip_v = params

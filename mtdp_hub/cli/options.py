@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..features.extractor import TTA_VIEWS
 from ..features.runtime import PRECISIONS
 
-TTA_CHOICES = ('none', 'flip3', 'flip4')  # mtdp_hub.features.extractor.TTA_VIEWS
 LAYER_HELP = (
     "'pooled' (final pooled features), 'trunc' (stage before last, pooled: "
     'ResNet50 layer3 -> 1024-d, as CLAM) or a stage index'
@@ -16,7 +16,7 @@ LAYER_HELP = (
 def add_extraction_options(group: argparse._ActionsContainer) -> None:
     """How features are computed: layer, test-time flips, input size, batch, device, precision, workers."""
     group.add_argument('--layer', default='pooled', help=LAYER_HELP)
-    group.add_argument('--tta', default='none', choices=TTA_CHOICES, help='average over flipped views')
+    group.add_argument('--tta', default='none', choices=list(TTA_VIEWS), help='average over flipped views')
     group.add_argument('--img-size', type=int, default=None, help="override the model's input size")
     group.add_argument('--batch-size', type=int, default=64, help='extraction batch size')
     group.add_argument(

@@ -17,10 +17,9 @@ from .specs import (
     weights_provenance,
 )
 
-__all__ = ['FeatureExtractor', 'TTA_VIEWS', 'LAYERS_HELP']
+__all__ = ['FeatureExtractor', 'TTA_VIEWS']
 
 TTA_VIEWS = {'none': 1, 'flip3': 3, 'flip4': 4}
-LAYERS_HELP = "'pooled' (final pooled features), 'trunc' (stage before last, pooled: ResNet50 layer3 -> 1024-d, as CLAM) or a stage index"
 
 
 class FeatureExtractor:

@@ -143,3 +143,14 @@ def test_device_decode_sends_a_png_named_jpg_the_pillow_way(tmp_path):
     ]
     image, _, _ = ds[(flat, 0)]
     assert image.params is None and image.data.shape == (3, 24, 24)
+
+
+def test_batch_normalisation_on_the_device_equals_the_per_image_path():
+    from training.data import DeviceNormalise, normalise_uint8, train_transform_uint8
+
+    g = torch.Generator().manual_seed(0)
+    batch = torch.stack([train_transform_uint8(striped(), 24, g) for _ in range(4)])
+    assert batch.dtype == torch.uint8
+    out = DeviceNormalise(torch.device('cpu'), torch.channels_last)(batch)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, torch.stack([normalise_uint8(x) for x in batch]))
