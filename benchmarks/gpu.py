@@ -46,6 +46,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision.io import encode_jpeg
 
 from mtdp_hub.features import FeatureExtractor, extract_source, make_source
 from mtdp_hub.features.runtime import autocast
@@ -90,8 +91,6 @@ def emit_line(section: str, payload: dict) -> None:
 # synthetic JPEGs
 def make_jpegs(folder: Path, n_images: int, size: tuple[int, int], n_tasks: int = 22, seed: int = 0) -> dict:
     """``n_images`` noise-textured JPEGs in ``{folder}/task{t}/train/c{k}/`` (the pool layout)."""
-    from torchvision.io import encode_jpeg
-
     g = torch.Generator().manual_seed(seed)
     w, h = size
     per_task = max(1, math.ceil(n_images / n_tasks))

@@ -9,6 +9,7 @@ import platform
 import sys
 from typing import Any
 
+import timm
 import torch
 
 
@@ -35,12 +36,7 @@ def machine_info() -> dict[str, Any]:
         'torch': torch.__version__,
         'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        import timm
-
-        info['timm'] = timm.__version__
-    except ImportError:
-        pass
+    info['timm'] = timm.__version__
     return info
 
 

@@ -39,6 +39,7 @@ from .data import (
     collate_encoded,
     scan_pool,
 )
+from .demo import make_demo_pool
 from .distributed import Dist, setup, teardown
 from .export import export_checkpoint, export_run
 from .model import MultiTaskNet, create_backbone, set_training_preprocessing
@@ -98,8 +99,6 @@ def build_pool(cfg: Config, run_dir: Path, d: Dist) -> TaskPool:
             'no pool: give --pool POOL.yaml or set "pool:" in the config (pool: demo for the demo)'
         )
     if cfg.pool == 'demo':
-        from .demo import make_demo_pool  # only the demo needs it
-
         if d.is_main:
             make_demo_pool(run_dir / 'demo_pool')
         d.barrier()

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 __all__ = ['Monitor']
 
 
@@ -35,8 +37,6 @@ class Monitor:
             self._csv.writerow(['iteration', 'name', 'value', 'time'])
         self._log = open(self.run_dir / 'log.txt', 'a')
         if progress:
-            from tqdm import tqdm
-
             # disable=None: a bar on a terminal, none in a piped or captured log (the log lines stay)
             self.bar = tqdm(
                 total=total, initial=start, unit='it', dynamic_ncols=True, file=sys.stderr, disable=None
