@@ -13,7 +13,12 @@ from pathlib import Path
 
 PACKAGE = 'mtdp_hub'
 # Layer of each part: a module may import only modules of its own layer or a lower one.
-TOP = ('mtdp_hub.cli', 'mtdp_hub.transfer', 'mtdp_hub.extract')  # the command line and the former names
+TOP = (
+    'mtdp_hub.cli',
+    'mtdp_hub.transfer',
+    'mtdp_hub.extract',
+    'mtdp_hub.slides',
+)  # command line, former names
 LAYERS = {'core': 0, 'features': 1, 'evaluation': 2, 'top': 3}
 
 
@@ -118,6 +123,9 @@ def foreign_imports(g: dict[str, set[str]], forbidden=('training', 'benchmarks',
 # optional packages of the extras, which the package may import only inside functions.
 REQUIRED = {'torch', 'timm', 'safetensors', 'huggingface_hub', 'numpy', 'PIL'}
 OPTIONAL = {'datasets', 'pyarrow', 'sklearn', 'matplotlib', 'tqdm', 'torchvision'}
+# A sub-package that is an extra of its own may import that extra at import time; nothing outside
+# it imports the sub-package at import time (the command line imports it when the command runs).
+EXTRA_PACKAGES = {'mtdp_hub.features.slides': {'openslide', 'h5py', 'skimage', 'scipy'}}
 
 
 def undeclared_imports() -> list[str]:
@@ -125,11 +133,21 @@ def undeclared_imports() -> list[str]:
     modules = package_modules()
     bad = []
     for name, path in modules.items():
-        for level_only, allowed in ((False, REQUIRED | OPTIONAL), (True, REQUIRED)):
+        extra = next(
+            (libs for pkg, libs in EXTRA_PACKAGES.items() if name == pkg or name.startswith(pkg + '.')), set()
+        )
+        for level_only, allowed in ((False, REQUIRED | OPTIONAL | extra), (True, REQUIRED | extra)):
             for dep in imports_of(name, path, set(modules), module_level=level_only):
                 top = dep.split('.')[0]
                 if top not in sys.stdlib_module_names and top != PACKAGE and top not in allowed:
                     bad.append(f'{name} imports {dep}' + (' at import time' if level_only else ''))
+                inside = any(name == p or name.startswith(p + '.') for p in EXTRA_PACKAGES)
+                if (
+                    level_only
+                    and not inside
+                    and any(dep == p or dep.startswith(p + '.') for p in EXTRA_PACKAGES)
+                ):
+                    bad.append(f'{name} imports the extra sub-package {dep} at import time')
     return sorted(set(bad))
 
 

@@ -1,4 +1,4 @@
-"""The ``mtdp`` command: list, convert, export, push, extract, evaluate.
+"""The ``mtdp`` command: list, convert, export, push, extract, slides, evaluate.
 
 Each command's options are defined once, in the module named for it; options that several
 commands share are in :mod:`.options`. An :class:`~mtdp_hub.errors.MtdpError` (bad input, a
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from ..errors import MtdpError
 from ..version import __version__
-from . import evaluate, extract, hub
+from . import evaluate, extract, hub, slides
 
 __all__ = ['build_parser', 'main']
 
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     hub.add_cli(sub)
     extract.add_cli(sub)
+    slides.add_cli(sub)
     evaluate.add_cli(sub)
     return parser
 

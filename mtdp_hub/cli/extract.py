@@ -31,6 +31,8 @@ def _run(args: argparse.Namespace) -> int:
         save_every=args.save_every,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        source_mpp=args.source_mpp,
+        mpp=args.mpp,
     )
     failed = stats.pop('failed')
     print(json.dumps(stats, indent=1))
@@ -65,6 +67,18 @@ def add_cli(sub) -> argparse.ArgumentParser:
         help='unreadable images: skip and list them in the metadata (default) or stop',
     )
     p.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
+    p.add_argument(
+        '--source-mpp',
+        type=float,
+        default=None,
+        help="microns per pixel of the images: they are resized to --mpp first (the model's scale)",
+    )
+    p.add_argument(
+        '--mpp',
+        type=float,
+        default=None,
+        help='the scale to resize to with --source-mpp, um/px (default: the one the model records)',
+    )
     p.add_argument('--no-labels', action='store_true', help='do not take labels from folder names')
     p.add_argument('--split', default=None, help='datasets source: split (default train)')
     p.add_argument('--image-column', default='image')

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..errors import InvalidOptionError
 from .runtime import autocast, autocast_dtype, pick_device, precision_name
@@ -17,9 +18,23 @@ from .specs import (
     weights_provenance,
 )
 
-__all__ = ['FeatureExtractor', 'TTA_VIEWS']
+__all__ = ['FeatureExtractor', 'TTA_VIEWS', 'Rescale']
 
 TTA_VIEWS = {'none': 1, 'flip3': 3, 'flip4': 4}
+
+
+class Rescale:
+    """Resize a PIL image by ``factor`` (bilinear, antialiased when shrinking), then apply ``then``:
+    e.g. 0.25 um/px patches by 0.5 to reach 0.5 um/px before the model's own preprocessing."""
+
+    def __init__(self, factor: float, then):
+        self.factor, self.then = factor, then
+
+    def __call__(self, im: Image.Image):
+        if self.factor != 1:
+            w, h = im.size
+            im = im.resize((max(1, round(w * self.factor)), max(1, round(h * self.factor))), Image.BILINEAR)
+        return self.then(im)
 
 
 class FeatureExtractor:
@@ -28,6 +43,9 @@ class FeatureExtractor:
     layer: ``'pooled'`` (the model's pooled final features), ``'trunc'`` (the stage before the last,
     average pooled: layer3 of a ResNet50 -> 1024-d, as CLAM), or a stage index into ``feature_info``.
     tta: ``'none'``, ``'flip3'`` (identity, h-flip, v-flip) or ``'flip4'`` (+ both), averaged.
+    source_mpp: the microns per pixel of the images; they are first resized to ``mpp`` (the scale
+    the features are wanted at, by default the one the model's pretrained config records), so that
+    patches scanned at another magnification reach the model at its scale.
     """
 
     def __init__(
@@ -42,6 +60,8 @@ class FeatureExtractor:
         precision: str = 'auto',
         channels_last: bool | None = None,
         model: torch.nn.Module | None = None,
+        source_mpp: float | None = None,
+        mpp: float | None = None,
     ):
         if tta not in TTA_VIEWS:
             raise InvalidOptionError(f'tta must be one of {sorted(TTA_VIEWS)}, not {tta!r}')
@@ -55,6 +75,17 @@ class FeatureExtractor:
         self.stage = self._stage_index()
         self.data_config = data_config(self.model, img_size)
         self.transform = eval_transform(self.data_config)
+        if source_mpp is not None:
+            target = mpp or (getattr(self.model, 'pretrained_cfg', None) or {}).get('mpp')
+            if target is None:
+                raise InvalidOptionError(
+                    f'{spec} records no input scale (the mtdp_* pool mixed scales): give the wanted scale '
+                    'with --mpp (e.g. 0.5 for ~20x)'
+                )
+            if not (source_mpp > 0 and target > 0):
+                raise InvalidOptionError(f'microns per pixel must be positive, got {source_mpp} and {target}')
+            self.data_config.update(source_mpp=float(source_mpp), target_mpp=float(target))
+            self.transform = Rescale(source_mpp / target, self.transform)
 
     def _stage_index(self) -> int | None:
         if self.layer == 'pooled':

@@ -185,9 +185,14 @@ def extract_features(
     split: str | None = None,
     image_column: str = 'image',
     label_column: str | None = 'label',
+    source_mpp: float | None = None,
+    mpp: float | None = None,
     **run_kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``model`` (a spec string), read ``input`` and write features to ``output``.
+
+    ``source_mpp`` / ``mpp``: the images' microns per pixel and the scale wanted (see
+    :class:`~mtdp_hub.features.extractor.FeatureExtractor`).
 
     ``run_kwargs`` go to :func:`extract_source` (batch_size, num_workers, on_error, save_every,
     overwrite, progress). Returns the run stats (counts, img/s, failed files).
@@ -204,5 +209,7 @@ def extract_features(
         device=device,
         precision=precision,
         channels_last=channels_last,
+        source_mpp=source_mpp,
+        mpp=mpp,
     )
     return extract_source(extractor, source, output, **run_kwargs)
