@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CRC = ROOT.parent / 'shared' / 'data' / 'crc-he-5class'
-SCRIPTS = ['multitask_overhead', 'data_pipeline', 'extraction', 'weight_loading', 'gpu']
+SCRIPTS = ['multitask_overhead', 'data_pipeline', 'extraction', 'weight_loading', 'gpu', 'slides']
 
 
 def _load(name: str):
@@ -120,6 +120,40 @@ def test_extraction_tiny():
     )
     _positive(d, ['extract_img_per_s', 'forward_img_per_s', 'ratio'])
     assert d['images_per_round'] == 4
+
+
+def test_slides_tiny():
+    pytest.importorskip('openslide')
+    d = _run(
+        'slides',
+        [
+            '--model',
+            'random:resnet18',
+            '--side',
+            '1024',
+            '--slide-mpp',
+            '1.0',
+            '--mpp',
+            '2.0',
+            '--tile',
+            '64',
+            '--img-size',
+            '32',
+            '--rounds',
+            '1',
+            '--workers',
+            '0',
+            '--batch-size',
+            '16',
+            '--device',
+            'cpu',
+            '--threads',
+            '1',
+        ],
+    )
+    assert d['benchmark'] == 'slides' and d['tiles'] > 0
+    _positive(d, ['slide_tiles_per_s', 'jpeg_tiles_per_s', 'ratio'])
+    _positive(d['segmentation'], ['median_s'])
 
 
 @pytest.mark.slow

@@ -278,3 +278,28 @@ def test_worker_processes_give_same_rows_and_failures(tmp_path):
     a, b = read_features(tmp_path / 'w0.safetensors'), read_features(tmp_path / 'w2.safetensors')
     assert a.paths == b.paths and a.failed == b.failed == {'a/bad.jpg': 'empty file (0 bytes)'}
     np.testing.assert_allclose(a.features, b.features, atol=1e-5)
+
+
+def test_source_mpp_rescales_patches_to_the_wanted_scale(tmp_path):
+    """0.25 um/px tiles wanted at 0.5 um/px: the same features as the tiles halved beforehand."""
+    src = tmp_path / 'src' / 'TUMOR'
+    half = tmp_path / 'half' / 'TUMOR'
+    src.mkdir(parents=True)
+    half.mkdir(parents=True)
+    for p in sorted((KATHER / '01_TUMOR').iterdir()):
+        im = Image.open(p).convert('RGB')
+        im.save(src / f'{p.stem}.png')
+        im.resize((75, 75), Image.BILINEAR).save(half / f'{p.stem}.png')
+    kw = dict(FAST, img_size=48)
+    extract_features(MODEL, tmp_path / 'src', tmp_path / 'a.safetensors', source_mpp=0.25, mpp=0.5, **kw)
+    extract_features(MODEL, tmp_path / 'half', tmp_path / 'b.safetensors', **kw)
+    a, b = read_features(tmp_path / 'a.safetensors'), read_features(tmp_path / 'b.safetensors')
+    np.testing.assert_allclose(a.features, b.features, rtol=1e-5, atol=1e-6)
+    assert (
+        a.provenance['preprocessing']['source_mpp'] == 0.25
+        and a.provenance['preprocessing']['target_mpp'] == 0.5
+    )
+    with pytest.raises(ValueError, match='records no input scale'):
+        extract_features(
+            'random:mtdp_resnet50', tmp_path / 'src', tmp_path / 'c.safetensors', source_mpp=0.25, **kw
+        )
