@@ -7,7 +7,7 @@ from pathlib import Path
 
 import timm
 
-from ._io import sha256_file
+from ._io import refuse_output_holding, sha256_file
 from .errors import CheckpointError
 from .export import export_folder
 from .state_dict import (
@@ -37,7 +37,9 @@ def convert_mtdp_checkpoint(
         out_dir: the folder to write (see :func:`mtdp_hub.export.export_folder`).
         model_name: the registry row it corresponds to, e.g. ``mtdp_resnet50.mtdp22``; guessed
             from the keys when omitted.
+        overwrite: replace an existing ``out_dir``; never one that holds ``src`` (refused always).
     """
+    refuse_output_holding(out_dir, src, 'the source checkpoint')
     state_dict = read_state_dict(src)
     if not is_mtdp_layout(state_dict):
         raise CheckpointError(f'{src}: not an original mtdp checkpoint (no features./heads. keys)')

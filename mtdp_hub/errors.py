@@ -19,6 +19,7 @@ __all__ = [
     'TaskFolderError',
     'FeatureFileError',
     'OutputExistsError',
+    'UnsafeOutputError',
     'InputNotFoundError',
     'InvalidOptionError',
     'MissingDependencyError',
@@ -64,6 +65,10 @@ class FeatureFileError(MtdpError, ValueError):
 
 class OutputExistsError(MtdpError, FileExistsError):
     """An output that exists and would be replaced without ``--overwrite``."""
+
+
+class UnsafeOutputError(MtdpError, ValueError):
+    """An output folder that is, or holds, an input (a run, a checkpoint): replacing it would delete it."""
 
 
 class InputNotFoundError(MtdpError, FileNotFoundError):

@@ -21,7 +21,7 @@ import torch
 from timm.models import save_for_hf
 from torch import nn
 
-from ._io import atomic_replace_dir, sha256_file
+from ._io import atomic_replace_dir, recover_dir, refuse_output_holding, sha256_file
 from .errors import OutputExistsError
 from .heads import HEADS_FILE, load_heads, save_heads
 
@@ -126,14 +126,18 @@ def export_folder(
         card_extra: Markdown appended to the model card (a run's pool, metrics, settings).
         model_name: the released model (``arch.tag``) whose card from ``model_cards/`` to use;
             by default a card is generated (a newly trained backbone is not a released model).
-        overwrite: replace an existing folder.
+        overwrite: replace an existing folder; never the one (or one above) the model's weights
+            came from (``pretrained_cfg['file']``, e.g. a ``local-dir:`` folder).
     Returns:
         the folder's path.
     """
     out_dir = Path(out_dir)
+    recover_dir(out_dir)  # a folder a killed export left renamed aside
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    if isinstance(cfg.get('file'), (str, os.PathLike)):
+        refuse_output_holding(out_dir, cfg['file'], 'the weights the model was loaded from')
     if out_dir.exists() and not overwrite:
         raise OutputExistsError(f'{out_dir} exists; pass overwrite=True (--overwrite) to replace it')
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
     architecture = cfg.get('architecture') or type(model).__name__.lower()
     export_arch = PLAIN_TIMM_ARCHITECTURE.get(architecture, architecture)
 

@@ -31,6 +31,7 @@ __all__ = [
     'split_mtdp_checkpoint',
     'checkpoint_filter_fn',
     'guess_architecture',
+    'value_problems',
 ]
 
 _HEAD_KEY = re.compile(r'^heads\.(?P<task>.+)\.linear\.(?P<param>weight|bias)$')
@@ -39,6 +40,30 @@ _OLD_DENSENET_KEY = re.compile(
     r'^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$'
 )
 _IMAGENET_CLASSIFIERS = ('fc.', 'classifier.')
+
+
+_FLOAT_SUFFIXES = ('.weight', '.bias', '.running_mean', '.running_var')
+
+
+def value_problems(
+    state_dict: Mapping[str, torch.Tensor], model_sd: Mapping[str, torch.Tensor] | None = None
+) -> list[str]:
+    """Keys whose values cannot be trained weights: an integer or bool tensor where a floating-point
+    one belongs (per ``model_sd`` if given, else by the key's name), NaN / Inf, a negative BN
+    running variance. Each entry is ``'key (why)'``."""
+    problems = []
+    for key, value in state_dict.items():
+        ref = model_sd.get(key) if model_sd is not None else None
+        wants_float = ref.is_floating_point() if ref is not None else key.endswith(_FLOAT_SUFFIXES)
+        if ref is not None and not wants_float and (value.is_floating_point() or value.dtype == torch.bool):
+            problems.append(f'{key} ({value.dtype}, model {ref.dtype})')
+        elif wants_float and not value.is_floating_point():
+            problems.append(f'{key} ({value.dtype}, not floating point)')
+        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            problems.append(f'{key} (NaN or Inf values)')
+        elif key.endswith('running_var') and bool((value < 0).any()):
+            problems.append(f'{key} (negative running variance)')
+    return problems
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -68,6 +93,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f'{path}: expected a dict of tensors, got {type(obj).__name__}')
+    bad = value_problems(obj)
+    if bad:
+        raise CheckpointError(f'{path}: invalid weight values in {_listed(bad)}')
     return {k.removeprefix('module.'): v for k, v in obj.items()}
 
 
@@ -158,7 +186,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     """timm ``pretrained_filter_fn``: original or timm layout in, complete timm backbone keys out.
 
     Raises :class:`CheckpointError` (never ``TypeError``, which timm would swallow and retry)
-    naming the file and the keys when the weights do not fit the model.
+    naming the file and the keys when the weights do not fit the model, or hold values no trained
+    model has (see :func:`value_problems`).
     """
     if is_mtdp_layout(state_dict):
         state_dict, _ = split_mtdp_checkpoint(state_dict)
@@ -193,4 +222,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     ]
     if wrong:
         raise CheckpointError(f'{origin} does not fit {arch}: wrong shapes for {_listed(wrong)}')
+    bad = value_problems(state_dict, model_sd)
+    if bad:
+        raise CheckpointError(f'{origin}: invalid weight values for {arch} in {_listed(bad)}')
     return state_dict

@@ -7,9 +7,11 @@ Sources are tried in order and the first that works is used:
 3. the original authors' URL, cached under ``<model>.<tag>-<sha256 prefix>.pth`` because both
    original URLs end in ``/download`` and would collide under their URL basename.
 
-Every file is checked against the SHA-256 recorded in :data:`mtdp_hub.models.WEIGHT_SHA256`; a
-downloaded file that does not match is deleted. When every source fails, one error lists each
-attempt and why it failed. Nothing here unpickles: loading is timm's (``weights_only=True``).
+Every file is checked against the SHA-256 recorded in :data:`mtdp_hub.models.WEIGHT_SHA256` and
+must load as a plain tensor dict (a truncated file or an HTML page does not); a downloaded or
+Hub-cached file that fails is deleted (a local one only skipped) and the next source tried. When
+every source fails, one error lists each attempt and why it failed. Nothing here runs pickled
+code: ``.pth`` files are read with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from huggingface_hub import hf_hub_download
 
 from ._io import clean_leftovers, commit_file, partial_file, sha256_file
-from .errors import HashMismatchError, WeightsNotFoundError
+from .errors import CheckpointError, HashMismatchError, WeightsNotFoundError
 from .state_dict import read_state_dict
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     'fetch_weights',
     'sha256_file',
     'verify_sha256',
+    'verify_readable',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -82,11 +85,19 @@ def verify_sha256(path: Path, expected: str | None, what: str) -> str:
     return actual
 
 
+def verify_readable(path: Path) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` loads as a plain tensor dict (safetensors whose
+    header parses and whose tensors are all readable, or a ``.pth`` that loads with ``weights_only``):
+    a truncated file or an HTML error page saved under the weights' name is never used."""
+    read_state_dict(path)
+
+
 def _from_local_dir(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path:
     path = Path(src.location).expanduser() / src.file_name
     if not path.is_file():
         raise FileNotFoundError(f'no file {path}')
     verify_sha256(path, src.sha256, src.describe())
+    verify_readable(path)  # the user's file: skipped when bad, never deleted
     return path
 
 
@@ -94,7 +105,8 @@ def _from_hf_hub(src: WeightSource, model_tag: str, cache_dir: Path | None) -> P
     path = Path(hf_hub_download(src.location, src.file_name, cache_dir=cache_dir))
     try:
         verify_sha256(path, src.sha256, src.describe())
-    except HashMismatchError:
+        verify_readable(path)
+    except (HashMismatchError, CheckpointError):
         # Never leave a bad file in the Hub cache: drop the blob and the snapshot link to it.
         blob = path.resolve()
         path.unlink(missing_ok=True)
@@ -118,8 +130,9 @@ def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path
     for cached in candidates:
         try:
             verify_sha256(cached, src.sha256, f'cached {src.describe()}')
+            verify_readable(cached)
             return cached
-        except HashMismatchError:
+        except (HashMismatchError, CheckpointError):
             _logger.warning('Removing corrupt cached weights %s', cached)
             cached.unlink(missing_ok=True)
 
@@ -129,10 +142,8 @@ def _from_url(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path
     try:
         torch.hub.download_url_to_file(src.location, str(tmp), progress=_logger.isEnabledFor(logging.INFO))
         actual = verify_sha256(tmp, src.sha256, src.describe())
-        if src.sha256 is None:
-            # Without a recorded hash, at least never cache what is not a plain tensor checkpoint
-            # (an HTML error page served with 200, a truncated file).
-            read_state_dict(tmp)
+        # Never cache what is not a plain tensor checkpoint (an HTML error page served with 200).
+        verify_readable(tmp)
         return commit_file(tmp, cache / _url_cache_name(model_tag, src.file_name, actual))
     finally:
         tmp.unlink(missing_ok=True)

@@ -93,7 +93,13 @@ def _export(args) -> int:
     if path is None:
         print(f'error: no checkpoint in {run / "checkpoints"}', file=sys.stderr)
         return 2
-    out = export_checkpoint(path, Path(args.out) if args.out else None)
+    try:
+        out = export_checkpoint(
+            path, Path(args.out) if args.out else None, run_dir=run, overwrite=args.overwrite
+        )
+    except MtdpError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     print(f'exported {path} to {out}')
     return 0
 
@@ -112,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         export.add_argument('--run', required=True, help='the run folder')
         export.add_argument('--checkpoint', help='a checkpoint file (default: the latest)')
         export.add_argument('--out', help='output folder (default: RUN/export)')
+        export.add_argument(
+            '--overwrite',
+            action='store_true',
+            help='replace an existing output folder (never the run folder or the checkpoint)',
+        )
         export.set_defaults(func=_export)
         args = parser.parse_args(argv)
         return args.func(args)

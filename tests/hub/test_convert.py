@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import mtdp_hub
 from mtdp_hub.convert import convert_mtdp_checkpoint
-from mtdp_hub.errors import CheckpointError
+from mtdp_hub.errors import CheckpointError, UnsafeOutputError
 from mtdp_hub.heads import load_heads
 from mtdp_hub.state_dict import guess_architecture, read_state_dict, split_mtdp_checkpoint
 
@@ -160,3 +160,13 @@ def test_unexpected_keys_are_named(original_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match=r'Unexpected 1 keys: layer5\.0\.conv1\.weight') as info:
         _load('mtdp_resnet50', path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize('where', ['folder', 'above', 'file'])
+def test_convert_never_writes_over_its_source_file(original_checkpoint, where):
+    ckpt = original_checkpoint('resnet50')
+    out = {'folder': ckpt.path.parent, 'above': ckpt.path.parent.parent, 'file': ckpt.path}[where]
+    data = ckpt.path.read_bytes()
+    with pytest.raises(UnsafeOutputError, match=ckpt.path.name):
+        convert_mtdp_checkpoint(ckpt.path, out, overwrite=True)
+    assert ckpt.path.read_bytes() == data

@@ -11,6 +11,7 @@ import torch
 
 import mtdp_hub  # noqa: F401
 from mtdp_hub.convert import convert_mtdp_checkpoint
+from mtdp_hub.errors import OutputExistsError, UnsafeOutputError
 from mtdp_hub.export import export_folder
 from tests.conftest import REPO_ROOT, populate_hf_cache
 
@@ -108,3 +109,24 @@ def test_generated_card_for_trained_backbone(tmp_path):
 
 def test_repo_cards_exist_beside_package():
     assert (REPO_ROOT / 'model_cards' / 'mtdp_resnet50.md').is_file()
+
+
+def test_export_never_replaces_the_folder_its_model_came_from(tmp_path):
+    src = export_folder(timm.create_model('resnet18', num_classes=0), tmp_path / 'models' / 'src')
+    model = timm.create_model(f'local-dir:{src}', pretrained=True)
+    for out in (src, tmp_path / 'models'):
+        with pytest.raises(UnsafeOutputError, match='src'):
+            export_folder(model, out, overwrite=True)
+    assert (src / 'model.safetensors').is_file()
+
+
+def test_export_first_recovers_a_folder_lost_in_a_killed_swap(tmp_path):
+    done = subprocess.run(
+        [sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True
+    )
+    old = tmp_path / f'.m.partial-{int(done.stdout)}-00aa.old'
+    old.mkdir()
+    (old / 'README.md').write_text('the only copy')
+    with pytest.raises(OutputExistsError):
+        export_folder(timm.create_model('resnet18', num_classes=0), tmp_path / 'm')
+    assert (tmp_path / 'm' / 'README.md').read_text() == 'the only copy'

@@ -37,9 +37,9 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
         def create_repo(self, repo_id, **kwargs):
             calls.append(('create_repo', repo_id, kwargs['exist_ok'], kwargs['private']))
 
-        def upload_folder(self, **kwargs):
+        def create_commit(self, repo_id, operations, **kwargs):
             calls.append(
-                ('upload_folder', kwargs['repo_id'], kwargs['folder_path'], sorted(kwargs['allow_patterns']))
+                ('create_commit', repo_id, [(op.path_in_repo, op.path_or_fileobj) for op in operations])
             )
 
     monkeypatch.setattr(push, 'HfApi', FakeApi)
@@ -47,5 +47,9 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
     assert calls == [
         ('init', 't'),
         ('create_repo', 'org/name', True, True),
-        ('upload_folder', 'org/name', str(folder), ['README.md', 'config.json', 'model.safetensors']),
+        (
+            'create_commit',
+            'org/name',
+            [(name, str(folder / name)) for name in ('README.md', 'config.json', 'model.safetensors')],
+        ),
     ]

@@ -5,9 +5,11 @@ import hashlib
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from timm.models._registry import _model_pretrained_cfgs
 
 import mtdp_hub
+import mtdp_hub.convert
 from mtdp_hub import models
 from mtdp_hub.export import export_folder
 from mtdp_hub.weights import ENV_WEIGHTS_DIR, WeightSource, fetch_weights
@@ -144,7 +146,7 @@ def test_fetch_weights_first_working_source_wins(tmp_path):
     a, b = tmp_path / 'a', tmp_path / 'b'
     a.mkdir()
     b.mkdir()
-    (b / 'w.safetensors').write_bytes(b'second')
+    save_file({'w': torch.zeros(2)}, str(b / 'w.safetensors'))
     sources = [
         WeightSource('local-dir', str(a), 'w.safetensors'),
         WeightSource('local-dir', str(b), 'w.safetensors'),
@@ -189,3 +191,37 @@ def test_unhashed_download_that_is_not_a_checkpoint_is_not_cached(http_server, m
     with pytest.raises(mtdp_hub.WeightsNotFoundError, match='CheckpointError'):
         timm.create_model('mtdp_resnet50', pretrained=True, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('bad', ['truncated', 'html'])
+def test_unreadable_hub_file_is_evicted_and_the_next_source_used(
+    original_checkpoint, http_server, monkeypatch, tmp_path, bad
+):
+    ckpt = original_checkpoint('resnet50')
+    folder = mtdp_hub.convert.convert_mtdp_checkpoint(ckpt.path, tmp_path / 'export')
+    cfg = _registry_cfg('mtdp_resnet50.mtdp22')
+    snapshot = populate_hf_cache(tmp_path / 'hf', cfg.hf_hub_id, folder)
+    data = (snapshot / 'model.safetensors').read_bytes()
+    (snapshot / 'model.safetensors').write_bytes(data[: len(data) // 2] if bad == 'truncated' else b'<html>')
+    http_server.files[URL_PATHS['resnet50']] = ckpt.path.read_bytes()
+    monkeypatch.setattr(cfg, 'url', http_server.url + URL_PATHS['resnet50'])
+    model = timm.create_model('mtdp_resnet50', pretrained=True, cache_dir=tmp_path / 'hf').eval()
+    assert len(http_server.requests) == 1, 'the URL is the next source after a bad Hub file'
+    assert not (snapshot / 'model.safetensors').exists(), 'the bad blob is evicted'
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (model(x) - ckpt.reference(x)).abs().max() <= 1e-5
+
+
+def test_unreadable_local_file_is_skipped_not_deleted(tmp_path):
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    a.mkdir()
+    b.mkdir()
+    (a / 'w.safetensors').write_bytes(b'<html>not weights</html>')
+    save_file({'w': torch.zeros(2)}, str(b / 'w.safetensors'))
+    sources = [
+        WeightSource('local-dir', str(a), 'w.safetensors'),
+        WeightSource('local-dir', str(b), 'w.safetensors'),
+    ]
+    assert fetch_weights('x.y', sources) == b / 'w.safetensors'
+    assert (a / 'w.safetensors').exists()

@@ -81,3 +81,45 @@ def test_cli_reports_config_errors_naming_the_key(tmp_path):
     cfg.write_text('schedule: {iterationz: 3}\n')
     r = run_training_cli(['--config', str(cfg)])
     assert r.returncode == 2 and 'schedule.iterationz' in r.stderr
+
+
+def _fake_run(tmp_path):
+    """A run folder with a checkpoint and its files: the export refuses before reading the checkpoint."""
+    run = tmp_path / 'runs' / 'r1'
+    (run / 'checkpoints').mkdir(parents=True)
+    (run / 'checkpoints' / 'ckpt-000000010.pt').write_bytes(b'checkpoint')
+    (run / 'config.yaml').write_text('model: {}\n')
+    (run / 'metrics.csv').write_text('step\n')
+    return run
+
+
+def _export_cli(args, capsys):
+    from training.__main__ import main
+
+    rc = main(['export', *args])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize('where', ['run', 'above', 'checkpoints', 'checkpoint'])
+def test_export_never_writes_over_the_run_or_its_checkpoint(tmp_path, capsys, where):
+    run = _fake_run(tmp_path)
+    out = {
+        'run': run,
+        'above': run.parent,
+        'checkpoints': run / 'checkpoints',
+        'checkpoint': run / 'checkpoints' / 'ckpt-000000010.pt',
+    }[where]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+    rc, err = _export_cli(['--run', str(run), '--out', str(out), '--overwrite'], capsys)
+    assert rc == 2 and 'refusing' in err and str(out) in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before
+
+
+def test_export_refuses_an_existing_out_without_overwrite(tmp_path, capsys):
+    run = _fake_run(tmp_path)
+    out = tmp_path / 'mine'
+    out.mkdir()
+    (out / 'keep.txt').write_text('mine')
+    rc, err = _export_cli(['--run', str(run), '--out', str(out)], capsys)
+    assert rc == 2 and str(out) in err and '--overwrite' in err
+    assert (out / 'keep.txt').read_text() == 'mine'
