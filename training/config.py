@@ -2,7 +2,8 @@
 
 A config file has the sections of :class:`Config` (``pool``, ``data``, ``model``, ``optim``,
 ``schedule``, ``run``); a key that is not a field is an error naming it. ``--set a.b=value``
-overrides one field (the value is parsed as YAML). The resolved config is saved in the run
+overrides one field (the value is parsed as YAML). YAML anchors and aliases are refused
+(:func:`load_yaml`), and a float field reads ``1e-4`` as a number. The resolved config is saved in the run
 folder as ``config.yaml`` and reloads to the same :class:`Config`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -31,11 +33,35 @@ __all__ = [
     'to_dict',
     'apply_overrides',
     'save_config',
+    'load_yaml',
 ]
+
+# A number in exponent form without a dot (1e-4, 5E3): YAML 1.1 reads it as a string.
+_EXPONENT_FLOAT = re.compile(r'[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+')
 
 
 class ConfigError(MtdpError, ValueError):
     """A config file or override that cannot be used; the message names the key."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases (``&a`` / ``*a``): no billion laughs."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, 'anchor', None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, 'YAML anchors and aliases (&name, *name) are not allowed', event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str, error: type[Exception] = ConfigError) -> Any:
+    """Parse one YAML document safely (no anchors/aliases); a problem raises ``error`` naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as e:
+        raise error(f'cannot read {where}: {e}') from None
 
 
 @dataclass
@@ -50,7 +76,8 @@ class DataConfig:
     bad_images: str = 'error'  # 'error': stop before the first step; 'skip': drop and list them
     decode: str = 'cpu'  # 'gpu': workers read JPEG bytes, nvJPEG decodes + augments on the GPU
     scan_images: bool = True  # decode every image before training (needed by both policies)
-    train_splits: list[str] = field(default_factory=lambda: ['train'])  # released models: train, val, test
+    # None: the pool file's own train_splits, else ['train']; a list here wins over the pool file's.
+    train_splits: list[str] | None = None  # released models: train, val, test
     val_split: str = 'val'
 
 
@@ -110,7 +137,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
-        """Cross-field checks; raises :class:`ConfigError`."""
+        """Cross-field and range checks; raises :class:`ConfigError` naming the key."""
         checks = [
             (self.data.bad_images in ('error', 'skip'), "data.bad_images must be 'error' or 'skip'"),
             (self.data.decode in ('cpu', 'gpu'), "data.decode must be 'cpu' or 'gpu'"),
@@ -125,27 +152,56 @@ class Config:
             (self.run.resume in ('auto', 'never'), "run.resume must be 'auto' or 'never'"),
             (self.run.device in ('auto', 'cpu', 'cuda'), 'run.device must be auto, cpu or cuda'),
             (
-                self.data.size > 0 and self.data.batch_size > 0,
-                'data.size and data.batch_size must be positive',
-            ),
-            (
                 0 <= self.schedule.warmup_iterations <= self.schedule.iterations,
                 'schedule.warmup_iterations must be between 0 and schedule.iterations',
             ),
-            (self.schedule.keep_checkpoints >= 1, 'schedule.keep_checkpoints must be >= 1'),
-            (
-                self.schedule.log_every >= 1 and self.schedule.checkpoint_every >= 1,
-                'schedule.log_every and schedule.checkpoint_every must be >= 1',
-            ),
-            (
-                self.optim.lr > 0 and self.optim.head_lr_mult > 0,
-                'optim.lr and optim.head_lr_mult must be positive',
-            ),
         ]
+        for key, low, high in _RANGES:
+            section, name = key.split('.')
+            value = getattr(getattr(self, section), name)
+            if not _in_range(value, low, high):
+                raise ConfigError(f'{key} must be in {_range_text(low, high)}, got {value!r}')
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+# Allowed ranges of the numeric fields: (key, low, high); low/high ``(bound, inclusive)`` or None.
+_RANGES = [
+    ('data.size', (1, True), None),
+    ('data.batch_size', (1, True), None),
+    ('data.eval_batch_size', (1, True), None),
+    ('data.num_workers', (0, True), None),
+    ('data.prefetch_factor', (1, True), None),
+    ('optim.lr', (0, False), None),
+    ('optim.head_lr_mult', (0, False), None),
+    ('optim.momentum', (0, True), (1, False)),
+    ('optim.weight_decay', (0, True), None),
+    ('schedule.iterations', (1, True), None),
+    ('schedule.warmup_lr', (0, False), None),
+    ('schedule.bn_recalibration_batches', (0, True), None),
+    ('schedule.val_every', (0, True), None),
+    ('schedule.checkpoint_every', (1, True), None),
+    ('schedule.keep_checkpoints', (1, True), None),
+    ('schedule.log_every', (1, True), None),
+    ('run.seed', (0, True), None),
+    ('run.threads', (0, True), None),
+]
+
+
+def _in_range(value: float, low: tuple | None, high: tuple | None) -> bool:
+    if value != value or value in (float('inf'), float('-inf')):  # nan, inf
+        return False
+    if low is not None and not (value >= low[0] if low[1] else value > low[0]):
+        return False
+    return high is None or (value <= high[0] if high[1] else value < high[0])
+
+
+def _range_text(low: tuple | None, high: tuple | None) -> str:
+    left = f'{"[" if low[1] else "("}{low[0]}' if low else '(-inf'
+    right = f'{high[0]}{"]" if high[1] else ")"}' if high else 'inf)'
+    return f'{left}, {right}'
 
 
 def _convert(value: Any, hint: Any, where: str) -> Any:
@@ -170,6 +226,8 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f'{where}: expected an integer, got {value!r}')
         return value
     if hint is float or text.startswith('float'):
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f'{where}: expected a number, got {value!r}')
         return float(value)
@@ -216,7 +274,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             if not isinstance(node, dict) or part not in node:
                 raise ConfigError(f'unknown config key {".".join(parts[: i + 1])!r} in override {item!r}')
             if i == len(parts) - 1:
-                node[part] = yaml.safe_load(raw) if raw.strip() else None
+                node[part] = load_yaml(raw, f'override {item!r}') if raw.strip() else None
             else:
                 node = node[part]
     return from_dict(values).validate()
@@ -228,9 +286,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if path is not None:
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
+            text = path.read_text()
+        except OSError as e:
             raise ConfigError(f'cannot read config {path}: {e}') from e
+        values = load_yaml(text, f'config {path}') or {}
         if not isinstance(values, dict):
             raise ConfigError(f'{path}: a config file must be a mapping of sections')
         # A relative pool path is relative to the config file, unless it exists from here.

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from mtdp_hub import _io
+from mtdp_hub.errors import MtdpError
 from mtdp_hub.features.runtime import autocast_dtype
 
 from . import checkpoint as ckpt
@@ -56,6 +57,7 @@ __all__ = [
     'run_dir_of',
     'NonFiniteLossError',
     'TrainingInterrupted',
+    'RunLockedError',
     'BadImagesError',
     'export_run',
     'export_checkpoint',
@@ -71,6 +73,10 @@ class TrainingInterrupted(Exception):
         super().__init__(
             f'stopped by {signal.Signals(signum).name} at iteration {iteration}; checkpoint {path}'
         )
+
+
+class RunLockedError(MtdpError, RuntimeError):
+    """Another live run uses the run folder (its ``.lock`` names the process)."""
 
 
 def run_dir_of(cfg: Config) -> Path:
@@ -162,6 +168,12 @@ def _open_run(cfg: Config, d: Dist) -> _Run:
                     f'its own config (python -m training --resume {run_dir}) or start another run '
                     '(--set run.name=NEW)'
                 )
+            if run.resume['iteration'] > cfg.schedule.iterations:
+                raise ConfigError(
+                    f'{found[0]} is at iteration {run.resume["iteration"]}, beyond schedule.iterations '
+                    f'{cfg.schedule.iterations}: set schedule.iterations to at least {run.resume["iteration"]}, '
+                    'or start another run (--set run.name=NEW)'
+                )
             monitor.log(f'resuming from {found[0]} (iteration {run.resume["iteration"]})')
     elif ckpt.list_checkpoints(run.checkpoints):
         raise ConfigError(
@@ -183,7 +195,7 @@ def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
     pool = build_pool(cfg, run.dir, d)
     skipped: list[str] = []
     if cfg.data.scan_images:
-        splits = list(dict.fromkeys([*cfg.data.train_splits, cfg.data.val_split]))
+        splits = list(dict.fromkeys([*pool.train_splits, cfg.data.val_split]))
         report = (
             scan_pool(pool, splits, num_workers=cfg.data.num_workers, progress=cfg.run.progress)
             if d.is_main
@@ -198,7 +210,7 @@ def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
                 + '\n  '.join(skipped)
             )
     dataset_cls = EncodedMultiTaskDataset if cfg.data.decode == 'gpu' else MultiTaskDataset
-    train_set = dataset_cls(pool, cfg.data.train_splits, cfg.data.size, cfg.data.bad_images)
+    train_set = dataset_cls(pool, pool.train_splits, cfg.data.size, cfg.data.bad_images)
     run.monitor.log(
         f'pool: {len(pool)} tasks, {len(train_set)} training images; '
         + ', '.join(
@@ -270,13 +282,9 @@ def _to_device(cfg: Config, d: Dist) -> Callable:
 def _start(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep) -> int:
     """Resume from the checkpoint, or re-calibrate BN on mixed-task batches; returns the first iteration."""
     if run.resume is not None:
-        names = [t['name'] for t in run.resume['tasks']]
-        if names != data.pool.names:
-            raise ConfigError(
-                f'the checkpoint was trained on tasks {names}, the pool now has {data.pool.names}'
-            )
+        _check_same_pool(run.resume, data)
         start = restore_run_state(run.resume, step, data.sampler)
-        run.monitor.resumed_at(start)
+        run.monitor.resumed_at(start, finished=start == cfg.schedule.iterations)
         return start
     n_batches = cfg.schedule.bn_recalibration_batches
     if n_batches > 0:
@@ -304,6 +312,27 @@ def _start(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep) -> int
         )
         run.monitor.log(f'batch-norm re-calibration on {n} mixed-task batches')
     return 0
+
+
+def _check_same_pool(state: dict, data: _Data) -> None:
+    """Refuse to resume on a pool whose tasks, classes (their order gives the labels) or training image
+    counts differ from the checkpoint's."""
+    names = [t['name'] for t in state['tasks']]
+    if names != data.pool.names:
+        raise ConfigError(f'the checkpoint was trained on tasks {names}, the pool now has {data.pool.names}')
+    fix = 'resume with the pool it was trained on, or start another run (--set run.name=NEW)'
+    for saved, task in zip(state['tasks'], data.pool.tasks):
+        if list(saved['classes']) != list(task.classes):
+            raise ConfigError(
+                f'task {task.name!r}: the checkpoint was trained with classes {list(saved["classes"])}, the '
+                f'pool now has {list(task.classes)} (labels would change meaning); {fix}'
+            )
+    before = [int(n) for n in state['sampler']['task_sizes']]
+    for name, old, new in zip(names, before, [int(n) for n in data.train_set.task_sizes]):
+        if old != new:
+            raise ConfigError(
+                f'task {name!r}: the checkpoint was trained on {old} training images, the pool now has {new}; {fix}'
+            )
 
 
 @contextlib.contextmanager
@@ -340,17 +369,40 @@ def _set_phase(cfg: Config, d: Dist, step: TrainStep, frozen: bool, iteration: i
     )
 
 
+def _lock_run(run_dir: Path, d: Dist) -> Path | None:
+    """Take ``run_dir/.lock`` (pid and host inside) on the main rank for the whole run; a lock left by a
+    dead process on this host is taken over. Every rank raises :class:`RunLockedError` when it is held."""
+    lock, error = None, None
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock, holder = _io.try_lock(run_dir / '.lock')
+        if lock is None:
+            error = (
+                f'{run_dir} is used by another run ({holder}); wait for it to end, or choose another '
+                f'run.name (remove {run_dir / ".lock"} only if no run uses the folder)'
+            )
+    error = d.broadcast_object(error) if d.enabled else error
+    if error:
+        raise RunLockedError(error)
+    return lock
+
+
 def _train(cfg: Config, d: Dist) -> dict:
-    run = _open_run(cfg, d)
+    lock = _lock_run(run_dir_of(cfg), d)
     try:
-        data = _build_data(cfg, d, run)
-        step = _build_step(cfg, d, run, data)
-        start = _start(cfg, d, run, data, step)
-        with _signals() as stop:
-            metrics = _iterate(cfg, d, run, data, step, start, stop)
-            return _finish(cfg, d, run, data, step, start, metrics)
+        run = _open_run(cfg, d)
+        try:
+            data = _build_data(cfg, d, run)
+            step = _build_step(cfg, d, run, data)
+            start = _start(cfg, d, run, data, step)
+            with _signals() as stop:
+                metrics = _iterate(cfg, d, run, data, step, start, stop)
+                return _finish(cfg, d, run, data, step, start, metrics, stop)
+        finally:
+            run.monitor.close()
     finally:
-        run.monitor.close()
+        if lock is not None:
+            lock.unlink(missing_ok=True)
 
 
 def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, start: int, stop: dict) -> dict:
@@ -433,13 +485,20 @@ def _tasks_meta(pool: TaskPool) -> list[dict]:
     return [{'name': t.name, 'classes': t.classes} for t in pool.tasks]
 
 
-def _finish(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, start: int, metrics: dict) -> dict:
-    """Final validation, the weights' fingerprint on every rank, export, ``summary.json``."""
+def _finish(
+    cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, start: int, metrics: dict, stop: dict
+) -> dict:
+    """Final validation, the weights' fingerprint on every rank, export, ``summary.json``. A signal that
+    arrived until the end of the final validation stops the run there (its last checkpoint holds all)."""
     model = step.model
     if d.enabled:  # DDP broadcasts rank 0's BN statistics before each forward; do it once more
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    metrics = validate(model, data.pool, cfg, d, step.amp_dtype, cfg.schedule.iterations, run.monitor)
+    iterations = cfg.schedule.iterations
+    metrics = validate(model, data.pool, cfg, d, step.amp_dtype, iterations, run.monitor)
+    if d.any(bool(stop['signum'])):
+        path = run.checkpoints / f'ckpt-{iterations:09d}.pt'
+        raise TrainingInterrupted(stop['signum'] or signal.SIGTERM, iterations, path)
     fingerprint = weights_fingerprint(model)
     fingerprints = [fingerprint]
     if d.enabled:

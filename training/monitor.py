@@ -60,21 +60,33 @@ class Monitor:
         self._log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
         self._log.flush()
 
-    def resumed_at(self, iteration: int) -> None:
-        """Drop the CSV rows logged after ``iteration`` by the run that stopped (they are redone)."""
+    def resumed_at(self, iteration: int, finished: bool = False) -> None:
+        """Drop the CSV rows logged after ``iteration`` by the run that stopped (they are redone). For a
+        ``finished`` run (``iteration`` is the last), the final validation rows logged at ``iteration``
+        after its checkpoint are dropped too (the validation is redone)."""
         if not self.enabled:
             return
         self._csv_file.close()
         path = self.run_dir / 'metrics.csv'
         with open(path, newline='') as f:
             rows = list(csv.reader(f))
-        kept = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= iteration]
+        kept = rows[:1] + [
+            r
+            for r in rows[1:]
+            if r
+            and (int(r[0]) < iteration or (int(r[0]) == iteration and not (finished and self._after(r[1]))))
+        ]
         tmp = path.with_suffix('.csv.tmp')
         with open(tmp, 'w', newline='') as f:
             csv.writer(f).writerows(kept)
         os.replace(tmp, path)
         self._csv_file = open(path, 'a', newline='')
         self._csv = csv.writer(self._csv_file)
+
+    @staticmethod
+    def _after(name: str) -> bool:
+        """Rows of the final validation (every name but the training ones, logged before the checkpoint)."""
+        return not name.startswith('train/')
 
     def scalars(self, iteration: int, values: dict[str, float]) -> None:
         if not self.enabled:

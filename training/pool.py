@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from PIL import Image
 
 from mtdp_hub.errors import MtdpError, TaskFolderError, UnreadableImageError
 from mtdp_hub.images import open_rgb, to_rgb
 from mtdp_hub.tasks import SPLITS, read_task_folder
+
+from .config import load_yaml
 
 __all__ = ['PoolError', 'Task', 'TaskPool', 'load_pool', 'SPLITS']
 
@@ -282,6 +284,26 @@ def _validate(task: Task, train_splits: Sequence[str], val_split: str | None) ->
             )
 
 
+_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
+
+
+def _check_name(name: str) -> None:
+    """A task name names its head (a ``torch.nn.ModuleDict`` key): letters, digits, ``_`` and ``-``
+    only, and not an attribute of ``nn.ModuleDict`` (``type``, ``train``, ``eval``, ``to``, ...)."""
+    if not _NAME.match(name):
+        raise PoolError(
+            f'task {name!r}: a task name may hold only letters, digits, "_" and "-" (it names the '
+            'task head); give the task a "name"'
+        )
+    import torch
+
+    if hasattr(torch.nn.ModuleDict(), name):
+        raise PoolError(
+            f'task {name!r}: the name is an attribute of torch.nn.ModuleDict (it names the task head); '
+            'give the task another "name"'
+        )
+
+
 def load_pool(
     path_or_spec: str | os.PathLike | dict,
     train_splits: Sequence[str] | None = None,
@@ -294,8 +316,8 @@ def load_pool(
         path = Path(path_or_spec)
         where = str(path)
         try:
-            spec = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
+            spec = load_yaml(path.read_text(), f'pool file {path}', PoolError)
+        except OSError as e:
             raise PoolError(f'cannot read pool file {path}: {e}') from e
         base = path.parent
     if not isinstance(spec, dict) or not isinstance(spec.get('tasks'), list) or not spec['tasks']:
@@ -319,6 +341,7 @@ def load_pool(
             )
         if 'hf' in t and not t.get('name'):
             raise PoolError(f'task {label!r}: a datasets task needs a "name"')
+        _check_name(str(label))
         names.append(str(label))
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -29,15 +29,30 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    """Every RNG's state as plain data and tensors (loadable with ``torch.load(weights_only=True)``)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        'python': [version, list(internal), gauss],
+        'numpy': [
+            str(name),
+            torch.from_numpy(keys.astype(np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ],
+        'torch': torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state['numpy']
+    np.random.set_state((name, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
@@ -65,8 +80,19 @@ def run_state(
         'scaler': step.scaler.state_dict(),
         'sampler': sampler.state_dict(),
         'rng': rng_state(),
-        **extra,
+        **{k: _plain(v) for k, v in extra.items()},
     }
+
+
+def _plain(value):
+    """Numpy scalars (metrics, ...) as Python numbers, inside dicts and lists too."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def restore_run_state(state: dict, step: TrainStep, sampler: TaskUniformSampler) -> int:

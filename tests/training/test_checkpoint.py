@@ -46,7 +46,10 @@ def test_disk_full_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt.torch, 'save', full_disk)
     with pytest.raises(ckpt.CheckpointWriteError, match='No space left.*previous checkpoints are intact'):
         ckpt.save_checkpoint({'iteration': 2, 'w': torch.zeros(4)}, tmp_path, 2)
-    assert [p.name for p in tmp_path.iterdir()] == ['ckpt-000000001.pt']  # no temp file, no ckpt 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'ckpt-000000001.pt',
+        'ckpt-000000001.pt.sha256',
+    ]  # no temp file, no ckpt 2
     assert (tmp_path / 'ckpt-000000001.pt').read_bytes() == before
     assert ckpt.latest_checkpoint(tmp_path)[1]['iteration'] == 1
 
@@ -68,7 +71,7 @@ def test_a_write_killed_before_the_rename_is_never_seen(tmp_path, monkeypatch):
     monkeypatch.setattr(_io, 'before_rename', lambda tmp: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint({'iteration': 2}, tmp_path, 2)
-    assert [p.name for p in tmp_path.iterdir()] == ['ckpt-000000001.pt']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt-000000001.pt', 'ckpt-000000001.pt.sha256']
 
 
 def final_state(cfg):

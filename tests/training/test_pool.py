@@ -95,3 +95,21 @@ def test_pool_file_errors_name_the_file(tmp_path):
     p.write_text('tasks: []\n')
     with pytest.raises(PoolError, match='pool.yaml'):
         load_pool(p)
+
+
+@pytest.mark.parametrize('name', ['dot.name', 'type', 'train', 'eval', 'to', 'cuda', 'a b', ''])
+def test_task_names_that_cannot_name_a_head_are_refused_before_listing(tmp_path, name):
+    write_task(tmp_path / 'alpha', {'train': {'a': 2, 'b': 2}})
+    ghost = str(tmp_path / 'ghost')  # never listed: the name is refused first
+    spec = {'tasks': [{'root': str(tmp_path / 'alpha')}, {'name': name, 'root': ghost}]}
+    if name == '':  # an empty name falls back to the folder name: give the folder that name
+        spec['tasks'][1] = {'root': str(tmp_path / 'x.y')}
+        name = 'x.y'
+    with pytest.raises(PoolError, match=rf'task {name!r}: .*(letters|attribute)'):
+        load_pool(spec)
+
+
+def test_task_names_with_letters_digits_underscore_dash_are_fine(tmp_path):
+    write_task(tmp_path / 'alpha', {'train': {'a': 2, 'b': 2}})
+    pool = load_pool({'tasks': [{'name': 'crc-5_class2', 'root': str(tmp_path / 'alpha')}]})
+    assert pool.names == ['crc-5_class2']
