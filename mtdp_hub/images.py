@@ -12,7 +12,9 @@ the training data pipeline. Conversions:
   ``>> 8`` (``value // 256``), not clipped at 255 as a bare ``convert('L')`` would do;
 - 32-bit float (``F``): values in [0, 1] are scaled by 255, larger ranges are clipped to [0, 255].
 
-Multi-frame files (TIFF pages, GIF) give their first frame. Anything Pillow cannot decode
+Multi-frame files (TIFF pages, GIF) give their first frame. An image larger than
+:data:`MAX_PIXELS` (width x height, read from the header) is refused before it is decoded: a
+tiny compressed file can hold a 13000x13000 16-bit image that takes gigabytes to decode. Anything Pillow cannot decode
 (zero-byte file, truncated JPEG, a text file named ``.jpg``) raises :class:`UnreadableImageError`.
 """
 
@@ -37,7 +39,13 @@ __all__ = [
     'find_images',
     'is_image_file',
     'is_hidden',
+    'MAX_PIXELS',
 ]
+
+MAX_PIXELS = 50_000_000
+"""The largest image (width x height) :func:`open_rgb` decodes; larger ones raise
+:class:`UnreadableImageError` before decoding. Patches are far smaller; set the module attribute to
+change it."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {'.jpg', '.jpeg', '.png', '.tif', '.tiff', '.bmp', '.webp', '.gif', '.ppm', '.pgm'}
@@ -126,8 +134,15 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         raise UnreadableImageError(path, 'empty file (0 bytes)')
     try:
         with Image.open(path) as im:
+            w, h = im.size  # from the header: nothing decoded yet
+            if w * h > MAX_PIXELS:
+                raise UnreadableImageError(
+                    path, f'too large: {w}x{h} = {w * h} pixels, over the limit of {MAX_PIXELS} (MAX_PIXELS)'
+                )
             im.load()  # decode now: a truncated file fails here, not later in a worker
             return to_rgb(im)
+    except UnreadableImageError:
+        raise
     except UnidentifiedImageError as e:
         raise UnreadableImageError(path, 'not a recognised image format') from e
     except Image.DecompressionBombError as e:

@@ -56,7 +56,7 @@ def add_cli(sub) -> argparse.ArgumentParser:
     p.add_argument(
         '--input',
         required=True,
-        help='folder (recursive; parent folder = label), .txt/.csv file list, or datasets:NAME',
+        help='folder (recursive; the first folder under it = label), .txt/.csv/.tsv file list, or datasets:NAME',
     )
     p.add_argument('--output', required=True, help='.safetensors or .parquet; an existing one is resumed')
     add_extraction_options(p)

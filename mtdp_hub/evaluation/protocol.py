@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import InvalidOptionError, TaskFolderError
 from ..features import FeatureExtractor, extract_source, make_source, read_features
+from ..features.sources import storage_key
 from ..features.specs import is_random, package_versions, spec_slug
 from ..tasks import Task, group_id, read_task_folder
 from .finetune import FinetuneConfig, finetune
@@ -53,14 +54,16 @@ def cached_features(
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray, list[str]]], dict]:
     """``{split: (X, y, groups)}`` with ``extractor``, extracting into ``cache_dir`` what is not there yet.
 
-    The cache folder is named by model spec (and seed for ``random:``) plus a hash of the
-    preprocessing/layer/TTA/precision, so changed settings never mix with old features.
+    The cache folder is named by model spec (and seed for ``random:``) plus a hash of the weight
+    identity (SHA-256 / hub revision / random seed) and the preprocessing/layer/TTA/precision, so
+    changed weights or settings never mix with old features.
     """
     prov = extractor.provenance()
-    settings = json.dumps([prov[k] for k in ('preprocessing', 'layer', 'tta', 'precision')], sort_keys=True)
+    keys = ('weights', 'preprocessing', 'layer', 'tta', 'precision')
+    settings = json.dumps([prov.get(k) for k in keys], sort_keys=True, default=str)
     name = spec_slug(extractor.spec) + (f'-seed{extractor.seed}' if is_random(extractor.spec) else '')
     folder = cache_dir / f'{name}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}'
-    labels = task.label_of()
+    labels = {storage_key(p): y for p, y in task.label_of().items()}  # keys as feature files store them
     out, failed = {}, {}
     for split_name, split in task.splits.items():
         path = folder / f'{split_name}.safetensors'

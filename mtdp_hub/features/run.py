@@ -5,27 +5,48 @@ the rest; the file is rewritten atomically, also every ``save_every`` new images
 interrupted run resumes. Unreadable images are skipped (``on_error='skip'``, the default),
 counted and listed under ``failed`` in the output's metadata, or stop the run
 (``on_error='error'``) after saving progress.
+
+Safety: the output is checked before any work (suffix ``.safetensors``/``.parquet``, not a
+folder, its folder writable, an existing file readable as a features file unless
+``overwrite``); it is locked for the run (``.{name}.lock`` beside it, pid and host inside; a lock
+of a dead process on this host is taken over), so two runs never write it at once. A resumed
+output must come from the same source (:attr:`ImageSource.origin`, recorded as ``source_origin``)
+and each row records its file's ``size:mtime_ns`` (``fingerprints``): a file changed since is
+extracted again. A batch with NaN/Inf features stops the run (:class:`NonFiniteFeaturesError`,
+progress saved, those rows not written); a failed write raises :class:`FeatureFileError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
-from .._io import clean_leftovers
+from .._io import clean_leftovers, try_lock
 from ..errors import FeatureFileError, InvalidOptionError, UnreadableImageError
 from .extractor import FeatureExtractor
 from .sources import ImageSource, make_source
-from .store import merge_rows, read_features, write_features
+from .store import merge_rows, read_features, read_meta, write_features
 
-__all__ = ['extract_source', 'extract_features', 'RESUME_KEYS']
+__all__ = [
+    'extract_source',
+    'extract_features',
+    'check_output',
+    'NonFiniteFeaturesError',
+    'RESUME_KEYS',
+    'OUTPUT_SUFFIXES',
+]
+
+OUTPUT_SUFFIXES = ('.safetensors', '.parquet')
 
 # provenance fields that must match for a rerun to append to an existing output
 RESUME_KEYS = ('model', 'weights', 'preprocessing', 'layer', 'tta', 'precision')
@@ -64,6 +85,109 @@ def _progress(total: int, enabled: bool, desc: str):
     return tqdm(total=total, unit='img', desc=desc, dynamic_ncols=True, file=sys.stderr)
 
 
+class NonFiniteFeaturesError(FeatureFileError):
+    """The model gave NaN/Inf features; the message names the images (their rows are not written)."""
+
+
+def check_output(output: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an output that cannot be written or resumed, before any work; returns it as a Path.
+
+    Raises :class:`InvalidOptionError` for a suffix other than :data:`OUTPUT_SUFFIXES`, and
+    :class:`FeatureFileError` naming the path for a folder, a folder that cannot be written, or an
+    existing file that is not a readable features file (unless ``overwrite``).
+    """
+    output = Path(output)
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise InvalidOptionError(
+            f'output {output}: the suffix must be .safetensors or .parquet, not {output.suffix or "none"!r}'
+        )
+    if output.is_dir():
+        raise FeatureFileError(f'output {output} is a folder; give a .safetensors/.parquet file name')
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the first existing folder above: the run creates the rest
+    if not folder.is_dir():
+        raise FeatureFileError(f'output {output}: {folder} is not a folder')
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeatureFileError(f'output {output}: the folder {folder} is not writable')
+    if output.exists() and not overwrite:
+        try:
+            read_meta(output)
+        except FeatureFileError as e:
+            raise FeatureFileError(
+                f'{e}; pass overwrite=True (--overwrite) to replace it, or choose another output'
+            ) from e
+    return output
+
+
+@contextlib.contextmanager
+def _locked(output: Path) -> Iterator[Path]:
+    """Hold ``.{output}.lock`` (O_EXCL, pid and host inside) for the block; a stale lock is taken over."""
+    path, holder = try_lock(output.with_name(f'.{output.name}.lock'))
+    if path is None:
+        raise FeatureFileError(
+            f'{output} is being written by another extraction ({holder}, lock '
+            f'{output.with_name(f".{output.name}.lock")}); wait for it, or remove the lock if that run is gone'
+        )
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _resume(output: Path, prov: dict, source: ImageSource, fingerprints: dict[str, str | None]):
+    """Rows, failures, runs and file fingerprints of an existing ``output`` that this run may extend."""
+    old = read_features(output)
+    diff = [k for k in RESUME_KEYS if old.provenance.get(k) != prov.get(k)]
+    if diff:
+        raise FeatureFileError(
+            f'{output} holds features from a different extraction ({", ".join(diff)} differ); '
+            'pass overwrite=True (--overwrite) or choose another output'
+        )
+    origin = old.meta.get('source_origin')
+    if origin is not None and origin != source.origin:
+        raise FeatureFileError(
+            f'{output} holds features of {origin} ({old.meta.get("source")}), not of {source.origin} '
+            f'({source.description}); pass overwrite=True (--overwrite) or choose another output'
+        )
+    old_fps = dict(old.meta.get('fingerprints', {}))
+    rows = {}
+    for k, f, name in zip(old.paths, old.features, old.label_names()):
+        now, then = fingerprints.get(k), old_fps.get(k)
+        if now is not None and then is not None and now != then:
+            old_fps.pop(k)  # the file changed since: extract it again
+            continue
+        rows[k] = (f, name)
+    return rows, old.failed, list(old.meta.get('runs', [])), old_fps
+
+
+def _loader(source: ImageSource, todo: list[int], extractor, batch_size: int, num_workers: int | None):
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
+    return torch.utils.data.DataLoader(
+        _ExtractionDataset(source, todo, extractor.transform),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=extractor.device.type == 'cuda',
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def _finite_or_raise(output: Path, feats: np.ndarray, keys: list[str], save) -> None:
+    bad = ~np.isfinite(feats).all(axis=1)
+    if bad.any():
+        save()
+        names = [k for k, b in zip(keys, bad) if b]
+        shown = ', '.join(names[:10]) + (f' and {len(names) - 10} more' if len(names) > 10 else '')
+        raise NonFiniteFeaturesError(
+            f'{output}: the model gave non-finite features (NaN/Inf) for {len(names)} image(s): {shown}; '
+            'nothing was written for them (progress saved); check the weights or use --precision float32'
+        )
+
+
 def extract_source(
     extractor: FeatureExtractor,
     source: ImageSource,
@@ -79,65 +203,51 @@ def extract_source(
     """Extract the features of ``source`` into ``output`` with ``extractor``; returns run stats."""
     if on_error not in ('skip', 'error'):
         raise InvalidOptionError(f"on_error must be 'skip' or 'error', not {on_error!r}")
-    output = Path(output)
-    clean_leftovers(output.parent)  # partial files of killed runs
+    output = check_output(output, overwrite)
+    with _locked(output):
+        clean_leftovers(output.parent)  # partial files of killed runs
+        return _run(
+            extractor, source, output, batch_size, num_workers, on_error, save_every, overwrite, progress
+        )
+
+
+def _run(extractor, source, output, batch_size, num_workers, on_error, save_every, overwrite, progress):
     prov = extractor.provenance()
+    fps = {k: source.fingerprint(i) for i, k in enumerate(source.keys)}
     rows: dict[str, tuple[np.ndarray, str | None]] = {}
-    old_failed: dict[str, str] = {}
-    runs: list[dict] = []
+    old_failed, runs, old_fps = {}, [], {}
     if output.exists() and not overwrite:
-        old = read_features(output)
-        diff = [k for k in RESUME_KEYS if old.provenance.get(k) != prov.get(k)]
-        if diff:
-            raise FeatureFileError(
-                f'{output} holds features from a different extraction ({", ".join(diff)} differ); '
-                'pass overwrite=True (--overwrite) or choose another output'
-            )
-        for k, f, name in zip(old.paths, old.features, old.label_names()):
-            rows[k] = (f, name)
-        old_failed, runs = old.failed, list(old.meta.get('runs', []))
+        rows, old_failed, runs, old_fps = _resume(output, prov, source, fps)
     todo = [i for i, k in enumerate(source.keys) if k not in rows]
-    failed: dict[str, str] = {
-        k: r for k, r in old_failed.items() if k not in set(source.keys) and k not in rows
-    }
-    n_skipped = len(source.keys) - len(todo)
-
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
-    loader = torch.utils.data.DataLoader(
-        _ExtractionDataset(source, todo, extractor.transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=extractor.device.type == 'cuda',
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
-    )
-
+    failed: dict[str, str] = {k: r for k, r in old_failed.items() if k not in fps and k not in rows}
     started = datetime.now(timezone.utc).isoformat(timespec='seconds')
-    stats = {'n_input': len(source.keys), 'n_skipped_done': n_skipped, 'n_new': 0, 'n_failed': 0}
+    stats = {'n_input': len(source.keys), 'n_skipped_done': len(source.keys) - len(todo), 'n_new': 0}
+    stats['n_failed'] = 0
 
     def save() -> None:
-        run = dict(
-            started=started,
-            n_new=stats['n_new'],
-            n_failed=stats['n_failed'],
-            img_per_s=stats.get('img_per_s'),
-        )
+        run = dict(started=started, n_new=stats['n_new'], n_failed=stats['n_failed'])
+        run['img_per_s'] = stats.get('img_per_s')
+        done = {k: v for k, v in {**old_fps, **fps}.items() if k in rows and v is not None}
         meta = {
             'provenance': prov,
             'source': source.description,
+            'source_origin': source.origin,
+            'fingerprints': done,
             'failed': failed,
             'n_failed': len(failed),
             'runs': runs + [run],
         }
-        write_features(output, merge_rows(source.keys, rows, meta))
+        try:
+            write_features(output, merge_rows(source.keys, rows, meta))
+        except (OSError, SafetensorError) as e:
+            raise FeatureFileError(
+                f'cannot write {output}: {getattr(e, "strerror", None) or e} (progress saved before is kept)'
+            ) from e
 
     bar = _progress(len(todo), progress, f'extract {extractor.spec}')
     t0, since_save = time.perf_counter(), 0
     try:
-        for idx, x, errors in loader:
+        for idx, x, errors in _loader(source, todo, extractor, batch_size, num_workers):
             for i, reason in errors:
                 key = source.keys[i]
                 failed[key] = reason
@@ -148,6 +258,7 @@ def extract_source(
                 print(f'skipping unreadable image {key}: {reason}', file=sys.stderr)
             if x is not None:
                 feats = extractor(x).numpy()
+                _finite_or_raise(output, feats, [source.keys[i] for i in idx], save)
                 for i, f in zip(idx, feats):
                     rows[source.keys[i]] = (f, source.label_names[i])
                     failed.pop(source.keys[i], None)
@@ -197,6 +308,7 @@ def extract_features(
     ``run_kwargs`` go to :func:`extract_source` (batch_size, num_workers, on_error, save_every,
     overwrite, progress). Returns the run stats (counts, img/s, failed files).
     """
+    output = check_output(output, run_kwargs.get('overwrite', False))  # before loading anything
     source = make_source(
         input, labels=labels, split=split, image_column=image_column, label_column=label_column
     )

@@ -23,7 +23,7 @@ from .._io import atomic_path
 from ..errors import FeatureFileError, MissingDependencyError
 from .sources import EVAL_EXTRA
 
-__all__ = ['FORMAT', 'FeatureFile', 'write_features', 'read_features', 'merge_rows']
+__all__ = ['FORMAT', 'FeatureFile', 'write_features', 'read_features', 'read_meta', 'merge_rows']
 
 FORMAT = 'mtdp-features/1'
 
@@ -86,16 +86,66 @@ def _write_parquet(tmp: Path, ff: FeatureFile, meta: dict) -> None:
     pq.write_table(table, str(tmp))
 
 
-def read_features(path: str | os.PathLike) -> FeatureFile:
-    """Read a file written by :func:`write_features` / :func:`extract_features`."""
+def _pq():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise MissingDependencyError(f'Parquet input needs pyarrow: {EVAL_EXTRA}') from e
+    return pq
+
+
+def _not_features(path: Path, why: str) -> FeatureFileError:
+    return FeatureFileError(f'{path} is not a readable mtdp features file ({why})')
+
+
+def _check_format(path: Path, raw: Any) -> dict:
+    try:
+        meta = json.loads(raw)
+    except (TypeError, ValueError) as e:
+        raise _not_features(path, f'no mtdp metadata: {e}') from e
+    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+        got = meta.get('format') if isinstance(meta, dict) else None
+        raise FeatureFileError(f'{path} is not an mtdp features file (format {got!r})')
+    return meta
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a features file without its rows (cheap: the header only).
+
+    Raises :class:`FeatureFileError` naming the file when it is not a readable features file.
+    """
     path = Path(path)
+    try:
+        if path.suffix == '.parquet':
+            raw = (_pq().read_schema(str(path)).metadata or {}).get(b'mtdp_extract')
+        else:
+            with safe_open(str(path), framework='pt') as f:
+                raw = (f.metadata() or {}).get('mtdp_extract')
+    except (MissingDependencyError, FeatureFileError):
+        raise
+    except Exception as e:  # pyarrow and safetensors raise their own types for a broken file
+        raise _not_features(path, f'{type(e).__name__}: {e}') from e
+    return _check_format(path, raw)
+
+
+def read_features(path: str | os.PathLike) -> FeatureFile:
+    """Read a file written by :func:`write_features` / :func:`extract_features`.
+
+    Raises :class:`FeatureFileError` naming the file when it is corrupt or not a features file.
+    """
+    path = Path(path)
+    try:
+        return _read_features(path)
+    except (MissingDependencyError, FeatureFileError):
+        raise
+    except Exception as e:  # a corrupt file: pyarrow / safetensors / json / missing columns
+        raise _not_features(path, f'{type(e).__name__}: {e}') from e
+
+
+def _read_features(path: Path) -> FeatureFile:
     if path.suffix == '.parquet':
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise MissingDependencyError(f'Parquet input needs pyarrow: {EVAL_EXTRA}') from e
-        table = pq.read_table(str(path))
-        meta = json.loads(table.schema.metadata[b'mtdp_extract'])
+        table = _pq().read_table(str(path))
+        meta = _check_format(path, (table.schema.metadata or {}).get(b'mtdp_extract'))
         col = table.column('feature').combine_chunks()
         dim = col.type.list_size
         feats = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), dim)
@@ -103,12 +153,10 @@ def read_features(path: str | os.PathLike) -> FeatureFile:
         labels = np.asarray(table.column('label').to_pylist(), dtype=np.int64)
     else:
         with safe_open(str(path), framework='pt') as f:
-            meta = json.loads(f.metadata()['mtdp_extract'])
+            meta = _check_format(path, (f.metadata() or {}).get('mtdp_extract'))
             feats = f.get_tensor('features').numpy()
             labels = f.get_tensor('labels').numpy()
         paths = meta.pop('paths')
-    if meta.get('format') != FORMAT:
-        raise FeatureFileError(f'{path} is not an mtdp features file (format {meta.get("format")!r})')
     class_names = meta.pop('class_names', [])
     return FeatureFile(list(paths), feats, labels, list(class_names), meta)
 

@@ -406,3 +406,25 @@ def test_evaluate_records_std_source(tmp_path, monkeypatch):
     assert data['summary']['linear'][TINY]['std_source'] == 'cv_shuffles'
     assert 'significance_rule' in data
     assert 'CV shuffles only, one fixed backbone' in (tmp_path / 'rep' / 'results.md').read_text()
+
+
+def test_feature_cache_is_keyed_on_weight_identity(tmp_path):
+    """New weights behind the same local-dir spec: new features, not the cached ones."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    from mtdp_hub.features import FeatureExtractor
+
+    task = load_task(make_task(tmp_path / 't', per_split=(2, 0, 2)))
+    spec = f'local-dir:{tmp_path / "m"}'
+    feats = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_for_hf(timm.create_model('test_resnet', num_classes=0), tmp_path / 'm', safe_serialization=True)
+        ext = FeatureExtractor(spec, img_size=32, device='cpu')
+        out, info = evaluate_mod.cached_features(task, ext, tmp_path / 'cache', num_workers=0, progress=False)
+        assert info['provenance']['weights']['sha256'] == ext.provenance()['weights']['sha256']
+        feats.append((out['train'][0], info['cache']))
+    assert feats[0][1] != feats[1][1]
+    assert not np.allclose(feats[0][0], feats[1][0])

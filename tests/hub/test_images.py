@@ -157,3 +157,20 @@ def test_find_images_recursive_sorted_case_insensitive(tmp_path):
     found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
     assert found == ['a.jpg', 'b/c/z.PNG', 'b/y.TIF']
     assert {'.jpg', '.png', '.tif', '.tiff'} <= IMAGE_EXTENSIONS
+
+
+def test_pixel_budget_refuses_large_images_before_decoding(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    import mtdp_hub.images as images_mod
+
+    Image.fromarray(_rgb_array(40, 50)).save(tmp_path / 'big.png')
+    monkeypatch.setattr(images_mod, 'MAX_PIXELS', 1000)
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, 'load', lambda self: loads.append(1) or real_load(self))
+    with pytest.raises(UnreadableImageError, match=r'big\.png.*50x40.*1000'):
+        open_rgb(tmp_path / 'big.png')
+    assert loads == []  # refused from the header, nothing decoded
+    monkeypatch.setattr(images_mod, 'MAX_PIXELS', 2000)
+    assert open_rgb(tmp_path / 'big.png').size == (50, 40)

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import os
-import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..._io import atomic_write_text, clean_leftovers
+from ..._io import atomic_write_text, clean_leftovers, try_lock
 from ...errors import MtdpError
 from ..extractor import FeatureExtractor
 from .qc import write_qc
@@ -183,35 +182,8 @@ def extract_slide(
 
 # --- several jobs, several ranks --------------------------------------------------------------------
 def _lock(out_dir: Path, slide_id: str) -> Path | None:
-    """Create ``.<slide_id>.lock`` (pid and host inside); ``None`` when a live job holds it. A lock left
-    by a dead process on this host is taken over."""
-    path = out_dir / f'.{slide_id}.lock'
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            try:
-                pid, host = path.read_text().split()
-            except (OSError, ValueError):
-                return None  # being written by its owner right now
-            if host != socket.gethostname() or _alive(int(pid)):
-                return None
-            path.unlink(missing_ok=True)  # stale: its process died
-            continue
-        with os.fdopen(fd, 'w') as f:
-            f.write(f'{os.getpid()} {socket.gethostname()}')
-        return path
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Take ``.<slide_id>.lock`` in ``out_dir``; ``None`` when a live job holds it (see :func:`try_lock`)."""
+    return try_lock(out_dir / f'.{slide_id}.lock')[0]
 
 
 def _done(path: Path, extractor: FeatureExtractor, settings: SlideSettings) -> str | None:
