@@ -111,6 +111,34 @@ def _score(metric: str, model, loader, device, amp_dtype, channels_last) -> floa
     return score(metric, labels, logits)
 
 
+def _train_epoch(
+    model,
+    loader,
+    opt,
+    scaler,
+    loss_fn,
+    cfg: FinetuneConfig,
+    device: torch.device,
+    amp_dtype,
+    channels_last: bool,
+) -> tuple[float, int]:
+    """One epoch (at most ``cfg.max_steps_per_epoch`` steps): mean loss and images seen."""
+    model.train()
+    losses, seen = [], 0
+    for step, (x, y) in enumerate(loader):
+        if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            loss = loss_fn(model(x), y)
+        optimizer_step(loss, opt, scaler)
+        losses.append(float(loss.detach()))
+        seen += len(y)
+    return (float(np.mean(losses)) if losses else float('nan')), seen
+
+
 def finetune_lr(
     spec: str,
     task: Task,
@@ -158,20 +186,11 @@ def finetune_lr(
     best_val, best_epoch, best_state = -np.inf, 0, None
     t0, n_seen = time.perf_counter(), 0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        epoch_loss = []
-        for step, (x, y) in enumerate(train_loader):
-            if cfg.max_steps_per_epoch is not None and step >= cfg.max_steps_per_epoch:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                loss = loss_fn(model(x), y)
-            optimizer_step(loss, opt, scaler)
-            epoch_loss.append(float(loss.detach()))
-            n_seen += len(y)
-        losses.append(float(np.mean(epoch_loss)) if epoch_loss else float('nan'))
+        epoch_loss, seen = _train_epoch(
+            model, train_loader, opt, scaler, loss_fn, cfg, device, amp_dtype, channels_last
+        )
+        n_seen += seen
+        losses.append(epoch_loss)
         if score_test_every_epoch:
             test_curve.append(_score(task.metric, model, test_loader, device, amp_dtype, channels_last))
         if val_loader is None:

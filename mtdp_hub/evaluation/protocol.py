@@ -81,6 +81,66 @@ def cached_features(
     return out, {'provenance': ff.provenance, 'failed': failed, 'cache': str(folder)}
 
 
+def _linear_runs(
+    spec: str,
+    task: Task,
+    seeds: list[int],
+    cache: Path,
+    extractor_kwargs: dict,
+    run_kwargs: dict,
+    linear_kwargs: dict,
+    model_info: dict,
+) -> list[dict[str, Any]]:
+    """The linear protocol for one model over seeds: cached features, C tuned by grouped CV on
+    train+val (the paper's), scored on test. A fixed-weight backbone is extracted once."""
+    runs, extractor = [], None
+    for seed in seeds:
+        if is_random(spec) or extractor is None:
+            extractor = FeatureExtractor(spec, seed=seed, **extractor_kwargs)
+        feats, info = cached_features(task, extractor, cache, **run_kwargs)
+        model_info.setdefault(
+            spec,
+            {
+                'provenance': info['provenance'],
+                'failed_images': info['failed'],
+                'feature_cache': info['cache'],
+            },
+        )
+        X_tr, y_tr, g_tr = feats['train']
+        if task.has('val'):  # the paper tunes C on train+val
+            X_va, y_va, g_va = feats['val']
+            X_tr, y_tr, g_tr = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), g_tr + g_va
+        X_te, y_te, _ = feats['test']
+        res = fit_linear(
+            X_tr,
+            y_tr,
+            g_tr,
+            X_te,
+            y_te,
+            metric=task.metric,
+            classifier=linear_kwargs['classifier'],
+            Cs=linear_kwargs['Cs'],
+            n_splits=linear_kwargs['cv_folds'],
+            seed=seed,
+            n_classes=task.n_classes,
+        )
+        # a fixed-weight backbone gives the same features for every seed: its spread is CV noise
+        runs.append(
+            {
+                'model': spec,
+                'mode': 'linear',
+                'seed': seed,
+                'classifier': linear_kwargs['classifier'],
+                'independent': is_random(spec),
+                **res,
+            }
+        )
+        print(
+            f'[linear] {spec} seed {seed}: {task.metric} {res["score"]:.4f} (C={res["C"]:g})', file=sys.stderr
+        )
+    return runs
+
+
 def evaluate(
     task_root: str | os.PathLike,
     models: Sequence[str],
@@ -118,52 +178,10 @@ def evaluate(
 
     for spec in models:
         if 'linear' in modes:
-            extractor = None
-            for seed in seeds:
-                if is_random(spec) or extractor is None:
-                    extractor = FeatureExtractor(spec, seed=seed, **extractor_kwargs)
-                feats, info = cached_features(task, extractor, cache, **run_kwargs)
-                model_info.setdefault(
-                    spec,
-                    {
-                        'provenance': info['provenance'],
-                        'failed_images': info['failed'],
-                        'feature_cache': info['cache'],
-                    },
-                )
-                X_tr, y_tr, g_tr = feats['train']
-                if task.has('val'):  # the paper tunes C on train+val
-                    X_va, y_va, g_va = feats['val']
-                    X_tr, y_tr, g_tr = np.concatenate([X_tr, X_va]), np.concatenate([y_tr, y_va]), g_tr + g_va
-                X_te, y_te, _ = feats['test']
-                res = fit_linear(
-                    X_tr,
-                    y_tr,
-                    g_tr,
-                    X_te,
-                    y_te,
-                    metric=task.metric,
-                    classifier=classifier,
-                    Cs=Cs,
-                    n_splits=cv_folds,
-                    seed=seed,
-                    n_classes=task.n_classes,
-                )
-                # a fixed-weight backbone gives the same features for every seed: its spread is CV noise
-                runs.append(
-                    {
-                        'model': spec,
-                        'mode': 'linear',
-                        'seed': seed,
-                        'classifier': classifier,
-                        'independent': is_random(spec),
-                        **res,
-                    }
-                )
-                print(
-                    f'[linear] {spec} seed {seed}: {task.metric} {res["score"]:.4f} (C={res["C"]:g})',
-                    file=sys.stderr,
-                )
+            linear_kwargs = dict(classifier=classifier, Cs=Cs, cv_folds=cv_folds)
+            runs += _linear_runs(
+                spec, task, seeds, cache, extractor_kwargs, run_kwargs, linear_kwargs, model_info
+            )
         if 'finetune' in modes:
             for seed in seeds:
                 res = finetune(spec, task, ft_cfg, seed=seed)
