@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..evaluation import MODES, evaluate
 from ..evaluation.finetune import LR_GRID, FinetuneConfig
-from .options import add_extraction_options
+from .options import MODEL_HELP, add_extraction_options
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -60,8 +60,7 @@ def add_cli(sub) -> argparse.ArgumentParser:
         '--models',
         nargs='+',
         required=True,
-        help='model specs; the first is the reference for significance marks '
-        '(timm name, hf-hub:ORG/NAME, local-dir:PATH, random:ARCH)',
+        help=f'model specs ({MODEL_HELP}); the first is the reference for significance marks',
     )
     p.add_argument('--mode', nargs='+', default=['linear'], choices=list(MODES))
     p.add_argument('--seeds', type=int, default=5, help='number of seeds (0..N-1)')

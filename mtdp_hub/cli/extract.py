@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..features import extract_features
-from .options import add_extraction_options
+from .options import add_extraction_options, add_model_options
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -52,7 +52,7 @@ def add_cli(sub) -> argparse.ArgumentParser:
         description='Batch feature extraction: images in, one feature row per image out '
         '(safetensors or Parquet); a rerun resumes.',
     )
-    p.add_argument('--model', required=True, help='timm name, hf-hub:ORG/NAME, local-dir:PATH or random:ARCH')
+    add_model_options(p)
     p.add_argument(
         '--input',
         required=True,
@@ -66,7 +66,6 @@ def add_cli(sub) -> argparse.ArgumentParser:
         choices=['skip', 'error'],
         help='unreadable images: skip and list them in the metadata (default) or stop',
     )
-    p.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
     p.add_argument(
         '--source-mpp',
         type=float,

@@ -13,6 +13,15 @@ LAYER_HELP = (
 )
 
 
+MODEL_HELP = 'timm name, hf-hub:ORG/NAME, local-dir:PATH or random:ARCH'
+
+
+def add_model_options(p: argparse._ActionsContainer) -> None:
+    """Which backbone: ``--model`` (a spec) and ``--seed`` (the initialisation of ``random:ARCH``)."""
+    p.add_argument('--model', required=True, help=MODEL_HELP)
+    p.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
+
+
 def add_extraction_options(group: argparse._ActionsContainer) -> None:
     """How features are computed: layer, test-time flips, input size, batch, device, precision, workers."""
     group.add_argument('--layer', default='pooled', help=LAYER_HELP)

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..errors import MissingDependencyError
-from .options import add_extraction_options
+from .options import add_extraction_options, add_model_options
 
 SLIDES_EXTRA = 'whole-slide images need the slides extra: pip install mtdp-hub[slides]'
 
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--model', required=True, help='timm name, hf-hub:ORG/NAME, local-dir:PATH or random:ARCH')
+    add_model_options(p)
     p.add_argument(
         '--slides',
         required=True,
@@ -97,7 +97,6 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group('output')
     g.add_argument('--format', default='h5', choices=['h5', 'pt'], help='h5 (CLAM/TRIDENT layout) or pt')
     g.add_argument('--no-qc', action='store_true', help='no QC thumbnail / GeoJSON per slide')
-    g.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
     g.add_argument('--overwrite', action='store_true', help='redo slides whose feature file exists')
 
 
