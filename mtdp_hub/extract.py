@@ -3,26 +3,7 @@
 The code lives in :mod:`mtdp_hub.features`; this module only re-exports its public names.
 """
 
-from .features import (
-    TTA_VIEWS,
-    FeatureExtractor,
-    FeatureFile,
-    ImageSource,
-    extract_features,
-    extract_source,
-    make_source,
-    read_features,
-    write_features,
-)
+from . import features as _features
+from .features import *  # noqa: F403
 
-__all__ = [
-    'FeatureExtractor',
-    'FeatureFile',
-    'ImageSource',
-    'TTA_VIEWS',
-    'extract_features',
-    'extract_source',
-    'make_source',
-    'read_features',
-    'write_features',
-]
+__all__ = list(_features.__all__)

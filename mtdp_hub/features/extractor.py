@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -66,6 +67,7 @@ class FeatureExtractor:
         if tta not in TTA_VIEWS:
             raise InvalidOptionError(f'tta must be one of {sorted(TTA_VIEWS)}, not {tta!r}')
         self.spec, self.seed, self.layer, self.tta = spec, seed, str(layer), tta
+        self._provenance: dict[str, Any] | None = None
         self.device = pick_device(device)
         self.amp_dtype = autocast_dtype(precision, self.device)
         self.model = (model if model is not None else load_backbone(spec, seed=seed)).eval().to(self.device)
@@ -108,17 +110,20 @@ class FeatureExtractor:
         return idx % n
 
     def provenance(self) -> dict[str, Any]:
-        prov = model_identity(self.spec, self.model)
-        prov.update(
-            weights=weights_provenance(self.spec, self.model, seed=self.seed),
-            preprocessing=self.data_config,
-            layer=self.layer,
-            tta=self.tta,
-            precision=precision_name(self.amp_dtype),
-            feature_dtype='float32',
-            versions=package_versions(),
-        )
-        return prov
+        """Where the features come from. Computed once (it hashes the weight file), returned as a copy."""
+        if self._provenance is None:
+            prov = model_identity(self.spec, self.model)
+            prov.update(
+                weights=weights_provenance(self.spec, self.model, seed=self.seed),
+                preprocessing=self.data_config,
+                layer=self.layer,
+                tta=self.tta,
+                precision=precision_name(self.amp_dtype),
+                feature_dtype='float32',
+                versions=package_versions(),
+            )
+            self._provenance = prov
+        return copy.deepcopy(self._provenance)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stage is None:

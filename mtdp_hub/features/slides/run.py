@@ -186,12 +186,13 @@ def _lock(out_dir: Path, slide_id: str) -> Path | None:
     return try_lock(out_dir / f'.{slide_id}.lock')[0]
 
 
-def _done(path: Path, extractor: FeatureExtractor, settings: SlideSettings) -> str | None:
-    """``None`` when ``path`` holds this slide's features with these settings; else why it cannot be reused."""
+def _done(path: Path, extractor: FeatureExtractor, settings: SlideSettings) -> tuple[str | None, int]:
+    """``(None, tiles)`` when ``path`` holds this slide's features with these settings; else ``(why not, 0)``."""
     try:
-        old = read_slide_features(path).meta
+        sf = read_slide_features(path)
     except MtdpError as e:
-        return str(e)
+        return str(e), 0
+    old = sf.meta
     want = {**extractor.provenance(), 'tiles': settings.tiles.to_dict(), 'tissue': settings.tissue.to_dict()}
     differ = [
         k
@@ -199,7 +200,9 @@ def _done(path: Path, extractor: FeatureExtractor, settings: SlideSettings) -> s
         if json.dumps(old.get(k), sort_keys=True, default=str)
         != json.dumps(want.get(k), sort_keys=True, default=str)
     ]
-    return f'{path} holds features made with other settings ({", ".join(differ)})' if differ else None
+    if differ:
+        return f'{path} holds features made with other settings ({", ".join(differ)})', 0
+    return None, len(sf.coords)
 
 
 def _one(extractor, entry, out_dir, settings, overwrite, rank, **run_kwargs) -> dict[str, Any]:
@@ -214,9 +217,9 @@ def _one(extractor, entry, out_dir, settings, overwrite, rank, **run_kwargs) -> 
     }
     path = feature_path(out_dir, entry.slide_id, settings.fmt)
     if path.exists() and not overwrite:
-        why = _done(path, extractor, settings)
+        why, tiles = _done(path, extractor, settings)
         if why is None:
-            return {**row, 'status': 'skipped (done)', 'tiles': len(read_slide_features(path).coords)}
+            return {**row, 'status': 'skipped (done)', 'tiles': tiles}
         return {**row, 'status': 'error', 'error': f'{why}; use --overwrite or another --out'}
     lock = _lock(out_dir, entry.slide_id)
     if lock is None:
