@@ -179,3 +179,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f'shared data not found at {SHARED_DATA}')
     return SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        '--gpu-device',
+        default=None,
+        help='device for the tests marked gpu (tests/gpu/): cuda when one is present; '
+        "'cpu' runs the suite's logic on the CPU (tests that only make sense on CUDA still skip)",
+    )

@@ -77,17 +77,28 @@ def check_spec(spec: str) -> None:
         )
 
 
-def load_backbone(spec: str, *, seed: int = 0) -> nn.Module:
+def load_backbone(spec: str, *, seed: int = 0, weights: str | os.PathLike | None = None) -> nn.Module:
     """Create the backbone named by ``spec`` with its classifier removed (pooled features out).
 
-    ``seed`` only matters for ``random:`` specs (their initialisation).
+    ``seed`` only matters for ``random:`` specs (their initialisation). ``weights`` is a local
+    weight file (safetensors, or a ``.pth`` / ``.bin`` opened with ``weights_only=True``) used
+    instead of the registry's sources: the ``--weights`` of the command line, timm's
+    ``pretrained_cfg_overlay=dict(file=...)``.
     """
     check_spec(spec)
+    if weights is not None:
+        if is_random(spec):
+            raise InvalidOptionError(f'{spec}: a random: model takes no weight file (got {weights})')
+        if not Path(weights).expanduser().is_file():
+            raise InputNotFoundError(f'{spec}: no such weight file {weights}')
     if is_random(spec):
         arch = spec[len(RANDOM_PREFIX) :]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = timm.create_model(arch, pretrained=False, num_classes=0)
+    elif weights is not None:
+        overlay = dict(file=str(Path(weights).expanduser().resolve()))
+        model = timm.create_model(spec, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
     else:
         model = timm.create_model(spec, pretrained=True, num_classes=0)
     return model.eval()
