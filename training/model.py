@@ -7,6 +7,13 @@ matmul over the concatenated heads) and each sample keeps only its own head's ou
 head (``-inf`` logits take no probability and get zero gradient), needs no data-dependent shapes
 (no host syncs, no ``find_unused_parameters`` under DDP), and a head whose task is absent gets an
 exact zero gradient.
+
+The heads stay one ``nn.Linear`` per task (state-dict keys ``heads.<task>.weight`` / ``.bias``, what
+checkpoints, exports and :mod:`mtdp_hub.heads` read); only the compute is fused. The recipe's
+head-gradient rescale (head i's gradients x B/|B_i|) can ride on the same fused weights: given a
+per-task ``head_grad_scale``, the backward multiplies the concatenated weight and bias gradients
+row by row (two elementwise kernels, whatever the number of tasks), before they are split back
+into the per-task ``.grad`` tensors.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ class MultiTaskNet(nn.Module):
             columns[t, :c] = torch.arange(offset, offset + c)
             offset += c
         self.register_buffer('head_columns', columns, persistent=False)
+        # head_rows[r]: the task of row r of the concatenated head weights (for the gradient rescale).
+        rows = torch.repeat_interleave(torch.arange(len(self.num_classes)), torch.tensor(self.num_classes))
+        self.register_buffer('head_rows', rows, persistent=False)
         self.backbone_frozen = False
 
     def freeze_backbone(self) -> None:
@@ -71,21 +81,44 @@ class MultiTaskNet(nn.Module):
             self.backbone.eval()  # keep BN statistics frozen across model.train() calls
         return self
 
-    def head_logits(self, features: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
+    def head_logits(
+        self, features: torch.Tensor, task_index: torch.Tensor, head_grad_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-sample logits from the sample's own head, shape (B, max classes), padded with -inf.
 
         All heads run as one matmul over their concatenated weights, then one gather picks each
         sample's own columns: a handful of operations whatever the number of tasks (a Linear, a pad
         and a ``where`` per head were ~4x slower, and ~600 small GPU launches per step; BENCHMARKS.md).
+        ``head_grad_scale`` (one factor per task, on the device): the backward multiplies head i's
+        weight and bias gradients by its factor; the forward is unchanged.
         """
         heads = list(self.heads.values())
         weight = torch.cat([h.weight for h in heads])
         bias = torch.cat([h.bias for h in heads])
+        if head_grad_scale is not None:
+            rows = head_grad_scale.to(weight.dtype).index_select(0, self.head_rows)
+            weight, bias = _ScaleGrad.apply(weight, rows[:, None]), _ScaleGrad.apply(bias, rows)
         logits = F.pad(F.linear(features.float(), weight, bias), (0, 1), value=float('-inf'))
-        return logits.gather(1, self.head_columns[task_index])
+        return logits.gather(1, self.head_columns.index_select(0, task_index))
 
-    def forward(self, x: torch.Tensor, task_index: torch.Tensor) -> torch.Tensor:
-        return self.head_logits(self.backbone(x), task_index)
+    def forward(
+        self, x: torch.Tensor, task_index: torch.Tensor, head_grad_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.head_logits(self.backbone(x), task_index, head_grad_scale)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale`` (broadcast to it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
 
 
 def imagenet_weights_name(arch: str) -> str:

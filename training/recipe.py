@@ -1,7 +1,9 @@
 """The paper's recipe, one function per point (reproduction notes 2.2-2.5).
 
 - :func:`multitask_loss`: per-sample cross-entropy averaged over the whole batch (Eq. 1).
-- :func:`rescale_head_grads`: after ``backward()``, head i's gradients x B/|B_i|.
+- :func:`head_grad_scale`: the factors B/|B_i| of head i's gradients, on the device. The training
+  step hands them to the forward (:meth:`training.model.MultiTaskNet.head_logits`), whose backward
+  applies them to all heads at once; :func:`rescale_head_grads` does the same after ``backward()``.
 - :func:`param_groups` / :func:`sgd`: backbone at LR gamma, heads at gamma * tau, SGD with momentum.
 - :func:`lr_lambdas`: head-only warm-up at its own LR, then constant LRs.
 - :func:`recalibrate_batchnorm`: BN statistics from mixed-task batches, output unchanged.
@@ -20,6 +22,7 @@ from .model import MultiTaskNet
 __all__ = [
     'multitask_loss',
     'task_counts',
+    'head_grad_scale',
     'rescale_head_grads',
     'param_groups',
     'sgd',
@@ -34,18 +37,33 @@ def multitask_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def task_counts(task_index: torch.Tensor, num_tasks: int) -> torch.Tensor:
-    """|B_i| for each task, on the batch's device (no host sync)."""
-    return torch.bincount(task_index, minlength=num_tasks)
+    """|B_i| for each task, on the batch's device.
+
+    A scatter-add into ``num_tasks`` zeros: ``torch.bincount`` would read the largest index back to
+    the host to size its output (a device sync per step on CUDA).
+    """
+    counts = torch.zeros(num_tasks, dtype=torch.long, device=task_index.device)
+    return counts.scatter_add_(0, task_index, torch.ones_like(task_index))
+
+
+def head_grad_scale(counts: torch.Tensor, batch_size: int | torch.Tensor) -> torch.Tensor:
+    """B/|B_i| per task as float32 (0 for an absent task, whose head gradient is zero anyway).
+
+    Under DDP pass the counts and batch size summed over the ranks: the scaled gradients, averaged
+    over the ranks, are then each head's per-task mean over the global batch.
+    """
+    counts = counts.to(torch.float32)
+    return torch.where(counts > 0, batch_size / counts.clamp(min=1), torch.zeros_like(counts))
 
 
 def rescale_head_grads(model: MultiTaskNet, counts: torch.Tensor, batch_size: int | torch.Tensor) -> None:
-    """Multiply head i's gradients by B/|B_i| (absent heads have zero gradients and stay zero).
+    """Multiply head i's gradients by B/|B_i| after ``backward()`` (absent heads stay zero).
 
-    Under DDP pass the counts and batch size summed over the ranks, after the gradients were
-    averaged: the product is then each head's per-task mean over the global batch.
+    The same factors and products as the training step's fused rescale in the backward
+    (``model(x, t, head_grad_scale(counts, B))``); this one launches a kernel per head parameter.
+    Under DDP pass the global counts and batch size, after the gradients were averaged.
     """
-    counts = counts.to(torch.float32)
-    scale = torch.where(counts > 0, batch_size / counts.clamp(min=1), torch.zeros_like(counts))
+    scale = head_grad_scale(counts, batch_size)
     for t, head in enumerate(model.heads.values()):
         for p in head.parameters():
             if p.grad is not None:

@@ -1,9 +1,14 @@
 """The one multi-task training step, used by the loop and by every benchmark.
 
-forward (autocast) -> batch-mean cross-entropy over routed heads -> backward (scaled for fp16)
--> head gradients x B/|B_i| with the counts of the global batch -> optimizer -> LR schedule.
-Nothing in it waits for the device: the loss comes back as a device tensor, and the loop
-checks it for non-finite values only when it logs or saves.
+task counts (global under DDP) -> forward (autocast) -> batch-mean cross-entropy over routed heads
+-> backward (scaled for fp16), which multiplies head i's gradients by B/|B_i| on the fused head
+weights -> optimizer -> LR schedule.
+
+Nothing in it waits for the device (no ``.item()``, no data-dependent shapes; on CUDA it runs under
+``torch.cuda.set_sync_debug_mode('error')``, tests/gpu/test_training_gpu.py): the loss comes back
+as a device tensor, and the loop checks it for non-finite values only when it logs or saves. With
+fp16, a fused optimizer (:func:`training.recipe.sgd` on CUDA) takes the gradient scaler's
+inf check on the device too; a non-fused one makes the scaler read it back once per step.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from mtdp_hub.errors import MtdpError
 from mtdp_hub.features.runtime import autocast, grad_scaler, optimizer_step
 
 from .model import MultiTaskNet
-from .recipe import multitask_loss, rescale_head_grads, task_counts
+from .recipe import head_grad_scale, multitask_loss, task_counts
 
 __all__ = ['TrainStep', 'LossWatch', 'NonFiniteLossError']
 
@@ -64,18 +69,13 @@ class TrainStep:
         self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Train on one batch; returns the detached loss and this rank's task counts (device tensors)."""
-        with autocast(self.device, self.amp_dtype):
-            logits = self.forward(x, t)
-        loss = multitask_loss(logits, y)
         counts = task_counts(t, self.num_tasks)
         global_counts = self.all_reduce(counts.clone()) if self.all_reduce is not None else counts
-        global_batch = x.shape[0] * self.world_size
-        optimizer_step(
-            loss,
-            self.optimizer,
-            self.scaler,
-            before_step=lambda: rescale_head_grads(self.model, global_counts, global_batch),
-        )
+        scale = head_grad_scale(global_counts, x.shape[0] * self.world_size)
+        with autocast(self.device, self.amp_dtype):
+            logits = self.forward(x, t, scale)
+        loss = multitask_loss(logits, y)
+        optimizer_step(loss, self.optimizer, self.scaler)
         if self.scheduler is not None:
             self.scheduler.step()
         return loss.detach(), counts

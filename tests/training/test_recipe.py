@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.model import MultiTaskNet
 from training.recipe import (
+    head_grad_scale,
     lr_lambdas,
     multitask_loss,
     param_groups,
     recalibrate_batchnorm,
     rescale_head_grads,
+    sgd,
     task_counts,
 )
+from training.step import LossWatch, TrainStep
 
 TASKS = {'two': 2, 'three': 3, 'five': 5}
 
@@ -190,3 +197,123 @@ def test_bn_recalibration_keeps_every_bn_output_and_sets_statistics_of_the_batch
     x_in = torch.cat([i for i, _ in outputs[0]])
     ref_out = torch.cat([o for _, o in outputs[0]])
     assert torch.allclose(first(x_in), ref_out, atol=2e-2)
+
+
+def test_task_counts_are_the_histogram_of_the_task_indices():
+    t = torch.tensor([2, 0, 2, 2, 4, 0])
+    assert task_counts(t, 6).tolist() == [2, 0, 3, 0, 1, 0]
+    assert torch.equal(task_counts(t, 6), torch.bincount(t, minlength=6))
+    assert task_counts(t, 6).dtype == torch.long
+
+
+def test_head_rescale_in_the_backward_equals_the_rescale_after_it():
+    """``model(x, t, head_grad_scale(...))``: the fused rescale gives the very same gradients."""
+    x, y, t = batch()
+    B = len(y)
+    ref, net = make_net(), make_net()
+    multitask_loss(ref(x, t), y).backward()
+    rescale_head_grads(ref, task_counts(t, 3), B)
+    out = net(x, t, head_grad_scale(task_counts(t, 3), B))
+    assert torch.equal(out, ref(x, t))  # the forward is unchanged
+    multitask_loss(out, y).backward()
+    for (name, a), b in zip(net.named_parameters(), ref.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    assert net.state_dict().keys() == ref.state_dict().keys()
+    assert {k for k in net.state_dict() if k.startswith('heads.')} == {
+        f'heads.{n}.{p}' for n in TASKS for p in ('weight', 'bias')
+    }
+
+
+def recipe_step(net, optimizer, x, y, t, scheduler=None):
+    """The recipe written out: forward, batch-mean CE, backward, rescale after it, SGD, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = multitask_loss(net(x, t), y)
+    loss.backward()
+    rescale_head_grads(net, task_counts(t, len(net.heads)), len(y))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
+
+
+def test_train_step_equals_the_recipe_step_by_step():
+    """Loss, every gradient and every update of TrainStep equal the recipe written out, bit for bit
+    (momentum, two LR groups and the warm-up schedule; one batch lacks a task)."""
+    nets = [make_net(), make_net()]
+    opts = [sgd(n, 0.05, head_lr_mult=3.0, momentum=0.9) for n in nets]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambdas(2, 0.02, 0.05, 3.0)) for o in opts]
+    step = TrainStep(nets[1], opts[1], device=torch.device('cpu'), amp_dtype=None, scheduler=scheds[1])
+    for s in range(4):
+        x, y, t = batch(seed=s)
+        if s == 2:  # no task 'three' in this batch
+            t = torch.where(t == 1, torch.zeros_like(t), t)
+            y = torch.where(t == 0, y.clamp(max=1), y)
+        expected = recipe_step(nets[0], opts[0], x, y, t, scheds[0])
+        loss, counts = step(x, y, t)
+        assert torch.equal(loss, expected) and torch.equal(counts, torch.bincount(t, minlength=3))
+        for (name, a), b in zip(nets[1].named_parameters(), nets[0].parameters()):
+            assert (a.grad is None) == (b.grad is None), name
+            if a.grad is not None:
+                assert torch.equal(a.grad, b.grad), name
+        for (name, a), b in zip(nets[1].state_dict().items(), nets[0].state_dict().values()):
+            assert torch.equal(a, b), name
+    assert not torch.equal(nets[1].heads['two'].weight, make_net().heads['two'].weight)
+
+
+class HostSyncSpy(TorchDispatchMode):
+    """Records every ATen op that reads a value back to the host or sizes its output from the data
+    (``.item()``, ``bool(t)``, ``int(t)``, ``nonzero``, ``bincount``, ``unique``, boolean masks...):
+    on CUDA each of them waits for the device."""
+
+    TAGS = (torch.Tag.data_dependent_output, torch.Tag.dynamic_output_shape)
+
+    def __init__(self):
+        super().__init__()
+        self.syncing: list[str] = []
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func.overloadpacket))
+        if any(tag in func.tags for tag in self.TAGS):
+            self.syncing.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def no_host_reads(monkeypatch):
+    """A :class:`HostSyncSpy`, with ``.tolist()`` / ``.numpy()`` (which bypass the dispatcher) raising."""
+
+    def refuse(self, *a, **k):
+        raise AssertionError('host read of a tensor in the training step')
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, 'tolist', refuse)
+        m.setattr(torch.Tensor, 'numpy', refuse)
+        with HostSyncSpy() as spy:
+            yield spy
+
+
+def test_host_sync_spy_sees_what_it_must():
+    with HostSyncSpy() as spy:
+        t = torch.tensor([0, 2, 2])
+        torch.bincount(t)
+        bool(t.sum() > 0)
+        t[t > 0]
+    assert len(spy.syncing) >= 3, spy.syncing
+
+
+@pytest.mark.parametrize('amp_dtype', [None, torch.bfloat16])
+def test_train_step_never_reads_the_device_back(monkeypatch, amp_dtype):
+    """No host sync in TrainStep (and LossWatch.add): on CUDA the step is enqueued and runs ahead."""
+    net = make_net()
+    device = torch.device('cpu')
+    step = TrainStep(net, sgd(net, 0.01), device=device, amp_dtype=amp_dtype)
+    watch = LossWatch(3, device)
+    x, y, t = batch()
+    step(x, y, t)  # first step: optimizer state created
+    with no_host_reads(monkeypatch) as spy:
+        for it in range(2):
+            loss, counts = step(x, y, t)
+            watch.add(loss, counts, it)
+    assert spy.syncing == []
+    assert {'aten.convolution_backward', 'aten.scatter_add_'} <= spy.seen  # it saw the backward and counts
