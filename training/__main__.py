@@ -1,5 +1,6 @@
 """Command line: ``python -m training [--config C] [--pool P] [--resume RUN] [--set k=v ...]``,
-``python -m training scan --pool P`` and ``python -m training export --run RUN``."""
+``python -m training scan --pool P``, ``python -m training export --run RUN`` and
+``python -m training keys`` (every key ``--set`` accepts, with its default)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pathlib import Path
 from mtdp_hub.errors import MtdpError
 
 from .checkpoint import list_checkpoints
-from .config import ConfigError, load_config
+from .config import ConfigError, config_keys, load_config
 from .data import scan_pool
 from .export import export_checkpoint
+from .guards import NonFiniteBatchError
 from .loop import NonFiniteLossError, TrainingInterrupted
 from .loop import main as train
 from .pool import PoolError, load_pool
@@ -62,7 +64,7 @@ def _train(args) -> int:
             file=sys.stderr,
         )
         return 128 + e.signum
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteBatchError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 3
     except MtdpError as e:
@@ -104,9 +106,26 @@ def _export(args) -> int:
     return 0
 
 
+def keys_text() -> str:
+    """The keys of ``--set`` with their defaults and one-line help, one per line."""
+    rows = [
+        (key, 'null' if v is None else str(v).lower() if isinstance(v, bool) else str(v), h)
+        for key, v, h in config_keys()
+    ]
+    width = max(len(k) for k, _, _ in rows)
+    dwidth = max(len(v) for _, v, _ in rows)
+    return '\n'.join(f'  {k:<{width}}  {v:<{dwidth}}  {h}'.rstrip() for k, v, h in rows)
+
+
+def _keys(args) -> int:
+    print('keys of --set SECTION.KEY=VALUE (and of a config file), with their defaults:')
+    print(keys_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ('scan', 'export'):
+    if argv and argv[0] in ('scan', 'export', 'keys'):
         parser = argparse.ArgumentParser(prog='python -m training')
         sub = parser.add_subparsers(dest='command', required=True)
         scan = sub.add_parser('scan', help='decode every image of a pool and list the unreadable ones')
@@ -124,10 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             help='replace an existing output folder (never the run folder or the checkpoint)',
         )
         export.set_defaults(func=_export)
+        keys = sub.add_parser('keys', help='list the config keys --set accepts, with their defaults')
+        keys.set_defaults(func=_keys)
         args = parser.parse_args(argv)
         return args.func(args)
     parser = argparse.ArgumentParser(
-        prog='python -m training', description=__doc__, epilog='subcommands: scan --pool P | export --run RUN'
+        prog='python -m training',
+        description="Multi-task pre-training with the paper's recipe.\nOther commands: python -m training scan "
+        "--pool P (decode every image), export --run RUN (a run's backbone),\nkeys (the list below).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='subcommands: scan --pool P | export --run RUN | keys\n\nconfig keys (--set SECTION.KEY=VALUE), '
+        'with their defaults:\n' + keys_text(),
     )
     _train_args(parser)
     args = parser.parse_args(argv)

@@ -10,8 +10,10 @@ folder as ``config.yaml`` and reloads to the same :class:`Config`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -34,6 +36,7 @@ __all__ = [
     'apply_overrides',
     'save_config',
     'load_yaml',
+    'config_keys',
 ]
 
 # A number in exponent form without a dot (1e-4, 5E3): YAML 1.1 reads it as a string.
@@ -71,23 +74,20 @@ class DataConfig:
     eval_batch_size: int = 128  # per rank, validation
     num_workers: int = 8  # DataLoader workers per rank
     pin_memory: bool = True  # only used on CUDA
-    persistent_workers: bool = True
-    prefetch_factor: int = 4
-    bad_images: str = 'error'  # 'error': stop before the first step; 'skip': drop and list them
-    decode: str = 'cpu'  # 'gpu': workers read JPEG bytes, nvJPEG decodes + augments on the GPU
+    persistent_workers: bool = True  # keep the DataLoader workers between passes
+    prefetch_factor: int = 4  # batches loaded ahead per worker
+    bad_images: str = 'error'  # 'error': stop before the first step | 'skip': drop and list them
     scan_images: bool = True  # decode every image before training (needed by both policies)
     # None: the pool file's own train_splits, else ['train']; a list here wins over the pool file's.
     train_splits: list[str] | None = None  # released models: train, val, test
-    val_split: str = 'val'
+    val_split: str = 'val'  # the split validated on (per task, where present)
 
 
 @dataclass
 class ModelConfig:
     arch: str = 'resnet50'  # any timm name: resnet50, densenet121, mtdp_resnet50, mtdp_densenet121, ...
     init: str = 'imagenet'  # 'imagenet' | 'random' | path to a weights file or an exported folder
-    imagenet_weights: str | None = (
-        None  # timm name.tag; default: '<arch>.tv_in1k' (torchvision's, as the paper)
-    )
+    imagenet_weights: str | None = None  # timm name.tag; default <arch>.tv_in1k (torchvision's, as the paper)
     if_weights_missing: str = 'error'  # 'error' | 'random': what to do when ImageNet weights are unreachable
 
 
@@ -95,8 +95,8 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 1e-3  # gamma, the backbone learning rate
     head_lr_mult: float = 1.0  # tau: heads learn at gamma * tau
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # SGD weight decay (the paper: none)
 
 
 @dataclass
@@ -106,23 +106,23 @@ class ScheduleConfig:
     warmup_lr: float = 1e-3  # head LR during warm-up
     bn_recalibration_batches: int = 20  # 0 = no re-calibration
     val_every: int = 5_000  # 0 = only at the end
-    checkpoint_every: int = 1_000
-    keep_checkpoints: int = 3
-    log_every: int = 50
+    checkpoint_every: int = 1_000  # iterations between checkpoints
+    keep_checkpoints: int = 3  # the latest ones kept
+    log_every: int = 50  # iterations between log lines (and non-finite checks on GPU)
 
 
 @dataclass
 class RunConfig:
     name: str | None = None  # default: the config file's stem
-    output_dir: str = 'runs'
-    seed: int = 0
+    output_dir: str = 'runs'  # the run folder is output_dir/name
+    seed: int = 0  # sampling, augmentation and initial heads
     device: str = 'auto'  # 'auto' | 'cpu' | 'cuda'
     amp: str = 'auto'  # 'auto' (bf16 on CUDA when supported, else off) | 'bf16' | 'fp16' | 'none'
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format (faster convolutions on GPU)
     compile: bool = False  # torch.compile the model
     export: bool = True  # export the backbone at the end
-    progress: bool = True  # tqdm bar
-    tensorboard: bool = True  # when the tensorboard package is installed
+    progress: bool = True  # a tqdm bar on a terminal; a log line per log_every otherwise
+    tensorboard: bool = True  # needs the tensorboard package (a warning when missing)
     resume: str = 'auto'  # 'auto': continue from the run folder's latest checkpoint | 'never'
     threads: int = 0  # torch.set_num_threads on CPU (0 = leave it)
 
@@ -140,7 +140,6 @@ class Config:
         """Cross-field and range checks; raises :class:`ConfigError` naming the key."""
         checks = [
             (self.data.bad_images in ('error', 'skip'), "data.bad_images must be 'error' or 'skip'"),
-            (self.data.decode in ('cpu', 'gpu'), "data.decode must be 'cpu' or 'gpu'"),
             (
                 self.model.if_weights_missing in ('error', 'random'),
                 "model.if_weights_missing must be 'error' or 'random'",
@@ -204,6 +203,37 @@ def _range_text(low: tuple | None, high: tuple | None) -> str:
     return f'{left}, {right}'
 
 
+# Keys that were removed: key -> (the value still accepted with a warning, or None; why; what to do).
+REMOVED_KEYS = {
+    'data.decode': (
+        'cpu',
+        "JPEG decoding on the GPU was removed: torchvision's nvJPEG batch decoder does not wait for the "
+        'work already queued on its CUDA stream and can write its output into memory that queued kernels '
+        'still read, which corrupted activations (a non-finite loss after BN re-calibration); the only safe '
+        'fix, a host sync before every decode, made it slower than decoding in the DataLoader workers',
+        'remove data.decode from the config (and any --set data.decode=...): images are always decoded '
+        'and augmented to uint8 in the DataLoader workers and normalised on the device',
+    ),
+}
+
+
+def _removed_key(key: str, value: Any) -> bool:
+    """``True`` when ``key`` was removed and ``value`` only restates what now always happens (a warning
+    says to drop it); raises :class:`ConfigError` saying why and what to do when ``value`` asks for
+    the removed behaviour."""
+    if key not in REMOVED_KEYS:
+        return False
+    accepted, why, fix = REMOVED_KEYS[key]
+    if accepted is not None and value == accepted:
+        warnings.warn(
+            f'{key}: {value} is ignored and will be refused in a later version; {fix}',
+            FutureWarning,
+            stacklevel=3,
+        )
+        return True
+    raise ConfigError(f'{key}: {value!r} is no longer supported. {why}. To fix: {fix}.')
+
+
 def _convert(value: Any, hint: Any, where: str) -> Any:
     """Check/convert one YAML value against a field's type hint."""
     if dataclasses.is_dataclass(hint):
@@ -246,6 +276,7 @@ def from_dict(values: dict, cls: type = Config, where: str = '') -> Any:
     """Build ``cls`` from a plain dict; an unknown key raises :class:`ConfigError` naming it."""
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    values = {k: v for k, v in values.items() if not _removed_key(f'{where}.{k}' if where else k, v)}
     for key in values:
         if key not in names:
             full = f'{where}.{key}' if where else key
@@ -269,6 +300,8 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(f'override {item!r} must look like section.key=value')
         dotted, raw = item.split('=', 1)
         parts = dotted.strip().split('.')
+        if _removed_key(dotted.strip(), load_yaml(raw, f'override {item!r}') if raw.strip() else None):
+            continue
         node = values
         for i, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
@@ -346,3 +379,28 @@ def resume_changes(saved: dict, current: Config) -> list[str]:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (reloads with :func:`load_config` to an equal Config)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field in the class source: the keys' one-line help."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r'\s+(\w+): [^=]+=.*?#\s*(.*)$', line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
+def config_keys() -> list[tuple[str, Any, str]]:
+    """Every key ``--set`` accepts: ``(section.key, default, help)``, from the dataclasses above."""
+    keys = []
+    top = Config()
+    for f in dataclasses.fields(Config):
+        section = getattr(top, f.name)
+        if not dataclasses.is_dataclass(section):
+            keys.append((f.name, section, _field_comments(Config).get(f.name, '')))
+            continue
+        comments = _field_comments(type(section))
+        for g in dataclasses.fields(section):
+            keys.append((f'{f.name}.{g.name}', getattr(section, g.name), comments.get(g.name, '')))
+    return keys

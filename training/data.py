@@ -4,6 +4,11 @@ Training transform (the paper, §III-F): random maximal square crop -> resize to
 ``size`` -> random horizontal and vertical flips -> ImageNet normalisation. Nothing else.
 Validation uses the backbone's own eval preprocessing (:mod:`training.validation`).
 
+DataLoader workers decode and augment to uint8 CHW (:func:`train_transform_uint8`); the loop
+converts and normalises a whole batch on the device with
+:class:`mtdp_hub.features.pixels.Normalise` (:func:`train_transform` is the same thing per
+image, in float, the reference the tests compare with).
+
 The random choices of a training image come from the seed its draw carries (see
 :mod:`training.sampler`), never from a global RNG, so a batch is the same whatever the number of
 workers and after a resume.
@@ -14,32 +19,26 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm import tqdm
 
 from mtdp_hub.errors import MtdpError, UnreadableImageError
+from mtdp_hub.features.pixels import normalise_uint8, to_uint8
 
 from .pool import TaskPool
 
 __all__ = [
     'IMAGENET_MEAN',
     'IMAGENET_STD',
+    'augment_params',
     'train_transform',
     'train_transform_uint8',
-    'normalise_uint8',
     'MultiTaskDataset',
     'SplitDataset',
-    'EncodedMultiTaskDataset',
-    'DeviceAugment',
-    'DeviceNormalise',
-    'collate_encoded',
     'ScanReport',
     'scan_pool',
     'apply_bad_image_policy',
@@ -47,20 +46,6 @@ __all__ = [
 ]
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # timm's; the paper's normalisation
-# (x / 255 - mean) / std as (x - 255 mean) * 1 / (255 std): one float conversion and two in-place
-# passes over a contiguous CHW tensor. The slower form (a float copy of the permuted view, then three
-# new tensors) took more time than the JPEG decode (BENCHMARKS.md, data pipeline).
-_MEAN255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
-_INV_STD255 = 1 / (torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255)
-
-
-def _to_uint8_tensor(im: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def normalise_uint8(x: torch.Tensor) -> torch.Tensor:
-    """uint8 CHW -> ImageNet-normalised float32 CHW: one conversion and two in-place passes."""
-    return x.float().sub_(_MEAN255).mul_(_INV_STD255)
 
 
 def augment_params(width: int, height: int, generator: torch.Generator) -> tuple[int, int, int, bool, bool]:
@@ -86,16 +71,17 @@ def _augment_pil(im: Image.Image, size: int, params: tuple[int, int, int, bool, 
 
 def train_transform_uint8(im: Image.Image, size: int, generator: torch.Generator) -> torch.Tensor:
     """Random maximal square crop, resize, random H and V flips; uint8 CHW (normalisation left to the batch)."""
-    return _to_uint8_tensor(_augment_pil(im, size, augment_params(*im.size, generator)))
+    return to_uint8(_augment_pil(im, size, augment_params(*im.size, generator)))
 
 
 def train_transform(im: Image.Image, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Random maximal square crop, resize, random H and V flips, ImageNet normalisation."""
-    return normalise_uint8(train_transform_uint8(im, size, generator))
+    """:func:`train_transform_uint8` then ImageNet normalisation, per image in float32: the reference
+    for what the loop computes on the device."""
+    return normalise_uint8(train_transform_uint8(im, size, generator), IMAGENET_MEAN, IMAGENET_STD)
 
 
 class MultiTaskDataset(Dataset):
-    """All training images of a pool, task after task; items are ``(image, label, task_index)``.
+    """All training images of a pool, task after task; items are ``(uint8 CHW image, label, task_index)``.
 
     Indexed by the ``(flat_index, augmentation_seed)`` pairs of
     :class:`~training.sampler.TaskUniformSampler`.
@@ -115,6 +101,12 @@ class MultiTaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def describe(self, flat: int) -> str:
+        """The image of draw ``flat`` for a message: ``task [split] file``."""
+        t, split, i = self.index[flat]
+        task = self.pool.tasks[t]
+        return f'{task.name} [{split}] {task.describe(split, i)}'
+
     def __getitem__(self, key):
         flat, seed = key if isinstance(key, tuple) else (key, key)
         t, split, i = self.index[flat]
@@ -123,7 +115,7 @@ class MultiTaskDataset(Dataset):
         for attempt in range(len(task.splits[split])):
             j = (i + attempt) % len(task.splits[split])
             try:
-                image = self._load(task, split, j, generator)
+                image = train_transform_uint8(task.load(split, j), self.size, generator)
             except UnreadableImageError as e:
                 if self.bad_images != 'skip':
                     raise
@@ -131,107 +123,6 @@ class MultiTaskDataset(Dataset):
                 continue
             return image, task.splits[split].labels[j], t
         raise RuntimeError(f'task {task.name!r}: no readable image left in split {split!r}')
-
-    def _load(self, task, split: str, j: int, generator: torch.Generator) -> torch.Tensor:
-        return train_transform(task.load(split, j), self.size, generator)
-
-
-class EncodedMultiTaskDataset(MultiTaskDataset):
-    """The same draws for decoding on the GPU (``data.decode: gpu``): items are ``(EncodedImage, label, task)``.
-
-    A worker only reads an RGB JPEG's bytes and its header (for the crop); everything else (other
-    formats, grey or CMYK JPEGs, ``datasets`` images) is decoded and augmented here to uint8. The
-    random choices are those of :func:`train_transform` for the same draw.
-    """
-
-    def _load(self, task, split: str, j: int, generator: torch.Generator) -> EncodedImage:
-        item = task.splits[split].items[j]
-        if task._hf is None and str(item).lower().endswith(('.jpg', '.jpeg')):
-            try:
-                with Image.open(item) as im:
-                    size, mode, fmt = im.size, im.mode, im.format
-                    data = Path(item).read_bytes()
-            except OSError as e:
-                raise UnreadableImageError(item, f'{type(e).__name__}: {e}') from e
-            if fmt == 'JPEG' and mode == 'RGB':  # by content: a PNG named .jpg goes the Pillow way
-                params = augment_params(*size, generator)
-                return EncodedImage(
-                    torch.frombuffer(bytearray(data), dtype=torch.uint8), torch.tensor(params)
-                )
-        im = task.load(split, j)
-        return EncodedImage(train_transform_uint8(im, self.size, generator), None)
-
-
-@dataclass
-class EncodedImage:
-    """JPEG bytes with their crop/flip parameters, or an image already augmented to uint8 CHW (params None)."""
-
-    data: torch.Tensor
-    params: torch.Tensor | None
-
-    def pin_memory(self) -> EncodedImage:  # called by DataLoader(pin_memory=True)
-        return EncodedImage(self.data.pin_memory(), self.params)
-
-
-def collate_encoded(batch):
-    images, labels, tasks = zip(*batch)
-    return list(images), torch.tensor(labels), torch.tensor(tasks)
-
-
-class DeviceNormalise:
-    """A uint8 NCHW batch -> on ``device``, in ``memory_format``, ImageNet-normalised float32
-    (what :func:`normalise_uint8` does per image, for a whole batch on the device)."""
-
-    def __init__(self, device: torch.device, memory_format=torch.contiguous_format):
-        self.device, self.memory_format = device, memory_format
-        self.mean = _MEAN255.view(1, 3, 1, 1).to(device)
-        self.inv_std = _INV_STD255.view(1, 3, 1, 1).to(device)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return x.float().sub_(self.mean).mul_(self.inv_std)
-
-
-class DeviceAugment:
-    """Decode a batch of :class:`EncodedImage` on ``device`` (nvJPEG on CUDA) and finish the paper's
-    augmentation there: crop, resize, flips, ImageNet normalisation. One host-side CPU core then
-    feeds far more images per second than with Pillow decoding."""
-
-    def __init__(self, size: int, device: torch.device, memory_format=torch.contiguous_format):
-        self.size, self.device = size, device
-        self.normalise = DeviceNormalise(device, memory_format)
-
-    def __call__(self, images: Sequence[EncodedImage]) -> torch.Tensor:
-        encoded = [k for k, im in enumerate(images) if im.params is not None]
-        out: list[torch.Tensor | None] = [None] * len(images)
-        if encoded:
-            decoded = decode_jpeg(
-                [images[k].data for k in encoded], mode=ImageReadMode.RGB, device=self.device
-            )
-            for k, x in zip(encoded, decoded):
-                out[k] = self._augment(x, images[k].params.tolist())
-        for k, im in enumerate(images):
-            if out[k] is None:
-                out[k] = im.data.to(self.device, non_blocking=True)
-        return self.normalise(torch.stack(out))
-
-    def _augment(self, x: torch.Tensor, params: list[int]) -> torch.Tensor:
-        x0, y0, side, flip_h, flip_v = params
-        x = x[:, y0 : y0 + side, x0 : x0 + side]
-        if side != self.size:
-            x = torch.nn.functional.interpolate(
-                x[None].float(),
-                size=(self.size, self.size),
-                mode='bilinear',
-                antialias=True,
-                align_corners=False,
-            )[0]
-            x = x.round_().clamp_(0, 255).to(torch.uint8)
-        if flip_h:
-            x = x.flip(2)
-        if flip_v:
-            x = x.flip(1)
-        return x
 
 
 class SplitDataset(Dataset):

@@ -13,11 +13,12 @@ torchrun's elastic restarts (``--max-restarts``) pick up where a dead rank left 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,28 +28,37 @@ from torch.utils.data import DataLoader
 
 from mtdp_hub import _io
 from mtdp_hub.errors import MtdpError
+from mtdp_hub.features.pixels import Normalise
 from mtdp_hub.features.runtime import autocast_dtype
 
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, resume_changes, save_config, to_dict
 from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     BadImagesError,
-    DeviceAugment,
-    EncodedMultiTaskDataset,
     MultiTaskDataset,
     apply_bad_image_policy,
-    collate_encoded,
     scan_pool,
 )
 from .demo import make_demo_pool
 from .distributed import Dist, setup, teardown
 from .export import export_checkpoint, export_run
+from .guards import InputWatch, NonFiniteBatchError, checked_recalibration_batches
 from .model import MultiTaskNet, create_backbone, set_training_preprocessing
 from .monitor import Monitor
 from .pool import TaskPool, load_pool
+from .preflight import RunFolderError, check_run_folder, imagenet_init
 from .recipe import lr_lambdas, recalibrate_batchnorm, sgd
 from .sampler import TaskUniformSampler
-from .state import restore_run_state, run_state, seed_everything, weights_fingerprint
+from .state import (
+    restore_run_state,
+    rng_state,
+    run_state,
+    seed_everything,
+    set_rng_state,
+    weights_fingerprint,
+)
 from .step import LossWatch, NonFiniteLossError, TrainStep
 from .validation import check_export, evaluate, validate
 
@@ -56,8 +66,10 @@ __all__ = [
     'main',
     'run_dir_of',
     'NonFiniteLossError',
+    'NonFiniteBatchError',
     'TrainingInterrupted',
     'RunLockedError',
+    'RunFolderError',
     'BadImagesError',
     'export_run',
     'export_checkpoint',
@@ -144,6 +156,11 @@ class _Data:
     per_rank_batch: int
     loader_kw: dict
     skipped: list[str]
+    normalise: Normalise  # uint8 batches from the workers -> normalised float on the device
+
+    def names(self, draws) -> list[str]:
+        """The images of ``(flat_index, seed)`` draws, for messages."""
+        return [self.train_set.describe(flat) for flat, _ in draws]
 
 
 def _open_run(cfg: Config, d: Dist) -> _Run:
@@ -209,8 +226,7 @@ def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
                 f'skipping {len(skipped)} undecodable image(s) (data.bad_images: skip):\n  '
                 + '\n  '.join(skipped)
             )
-    dataset_cls = EncodedMultiTaskDataset if cfg.data.decode == 'gpu' else MultiTaskDataset
-    train_set = dataset_cls(pool, pool.train_splits, cfg.data.size, cfg.data.bad_images)
+    train_set = MultiTaskDataset(pool, pool.train_splits, cfg.data.size, cfg.data.bad_images)
     run.monitor.log(
         f'pool: {len(pool)} tasks, {len(train_set)} training images; '
         + ', '.join(
@@ -227,23 +243,51 @@ def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
     loader_kw = dict(
         num_workers=cfg.data.num_workers,
         pin_memory=cfg.data.pin_memory and d.device.type == 'cuda',
-        collate_fn=collate_encoded if cfg.data.decode == 'gpu' else None,
     )
     if cfg.data.num_workers > 0:
         loader_kw.update(
             persistent_workers=cfg.data.persistent_workers, prefetch_factor=cfg.data.prefetch_factor
         )
-    return _Data(pool, train_set, sampler, per_rank_batch, loader_kw, skipped)
+    normalise = Normalise(IMAGENET_MEAN, IMAGENET_STD, d.device, _memory_format(cfg))
+    return _Data(pool, train_set, sampler, per_rank_batch, loader_kw, skipped, normalise)
 
 
-def _build_step(cfg: Config, d: Dist, run: _Run, data: _Data) -> TrainStep:
-    """Backbone + heads on the device, SGD with its warm-up schedule, and the training step."""
-    seed_everything(cfg.run.seed)  # identical initial heads on every rank
-    init = 'random' if run.resume else cfg.model.init
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it, else all)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _cap_workers(cfg: Config, log) -> Config:
+    """``data.num_workers`` at most the CPUs available to each local rank (more only adds contention)."""
+    local_ranks = int(os.environ.get('LOCAL_WORLD_SIZE', '1') or 1)
+    cap = max(1, available_cpus() // max(1, local_ranks))
+    if cfg.data.num_workers <= cap:
+        return cfg
+    log(
+        f'data.num_workers {cfg.data.num_workers} capped at {cap}: the CPUs available'
+        + (f' to each of {local_ranks} local ranks' if local_ranks > 1 else '')
+    )
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=cap))
+
+
+def _build_backbone(cfg: Config, run: _Run) -> tuple[torch.nn.Module, dict]:
+    """The backbone, before the pool is scanned: ImageNet weights that cannot be had stop the run in
+    seconds, not after an image scan. Returns it with the RNG state after its creation, so that the
+    heads are initialised as if nothing had run in between (identical on every rank)."""
+    init = imagenet_init(cfg, run.resume is not None, run.monitor.log)
+    seed_everything(cfg.run.seed)
     backbone = create_backbone(
         cfg.model.arch, init, cfg.model.imagenet_weights, cfg.model.if_weights_missing, log=run.monitor.log
     )
     set_training_preprocessing(backbone, cfg.data.size)
+    return backbone, rng_state()
+
+
+def _build_step(cfg: Config, d: Dist, data: _Data, backbone: torch.nn.Module, rng: dict) -> TrainStep:
+    """Heads on ``backbone``, the model on the device, SGD with its warm-up schedule, the training step."""
+    set_rng_state(rng)
     model = MultiTaskNet(backbone, {t.name: t.num_classes for t in data.pool.tasks})
     model.to(d.device, memory_format=_memory_format(cfg))
     opt, S = cfg.optim, cfg.schedule
@@ -267,18 +311,6 @@ def _memory_format(cfg: Config) -> torch.memory_format:
     return torch.channels_last if cfg.run.channels_last else torch.contiguous_format
 
 
-def _to_device(cfg: Config, d: Dist) -> Callable:
-    """How a batch of images reaches the device (decoded and augmented there for ``data.decode: gpu``)."""
-    memory_format = _memory_format(cfg)
-    if cfg.data.decode == 'gpu':
-        return DeviceAugment(cfg.data.size, d.device, memory_format)
-
-    def to_device(x):
-        return x.to(d.device, non_blocking=True, memory_format=memory_format)
-
-    return to_device
-
-
 def _start(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep) -> int:
     """Resume from the checkpoint, or re-calibrate BN on mixed-task batches; returns the first iteration."""
     if run.resume is not None:
@@ -296,19 +328,22 @@ def _start(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep) -> int
             d.world_size,
             num_draws=n_batches * data.per_rank_batch,
         )
+        draws, B = list(cal_sampler), data.per_rank_batch
+        batches = [draws[k : k + B] for k in range(0, len(draws), B)]
         cal_loader = DataLoader(
             data.train_set,
-            batch_size=data.per_rank_batch,
-            sampler=cal_sampler,
+            batch_sampler=batches,
             num_workers=data.loader_kw['num_workers'],
             pin_memory=data.loader_kw['pin_memory'],
-            collate_fn=data.loader_kw['collate_fn'],
         )
-        to_device = _to_device(cfg, d)
-        n = recalibrate_batchnorm(
+        checked = checked_recalibration_batches(
             step.model.backbone,
-            (to_device(x) for x, _, _ in cal_loader),
-            all_reduce=d.all_reduce_sum if d.enabled else None,
+            (data.normalise(x) for x, _, _ in cal_loader),
+            [data.names(b) for b in batches],
+            any_rank=d.any,
+        )
+        n = recalibrate_batchnorm(
+            step.model.backbone, checked, all_reduce=d.all_reduce_sum if d.enabled else None
         )
         run.monitor.log(f'batch-norm re-calibration on {n} mixed-task batches')
     return 0
@@ -370,20 +405,26 @@ def _set_phase(cfg: Config, d: Dist, step: TrainStep, frozen: bool, iteration: i
 
 
 def _lock_run(run_dir: Path, d: Dist) -> Path | None:
-    """Take ``run_dir/.lock`` (pid and host inside) on the main rank for the whole run; a lock left by a
-    dead process on this host is taken over. Every rank raises :class:`RunLockedError` when it is held."""
+    """Check that the run folder is writable and take ``run_dir/.lock`` (pid and host inside) on the main
+    rank for the whole run; a lock left by a dead process on this host is taken over. Every rank raises
+    :class:`RunFolderError` / :class:`RunLockedError` when the folder cannot be written / is in use."""
     lock, error = None, None
     if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock, holder = _io.try_lock(run_dir / '.lock')
-        if lock is None:
-            error = (
-                f'{run_dir} is used by another run ({holder}); wait for it to end, or choose another '
-                f'run.name (remove {run_dir / ".lock"} only if no run uses the folder)'
-            )
+        try:
+            check_run_folder(run_dir)
+        except RunFolderError as e:
+            error = ('folder', str(e))
+        else:
+            lock, holder = _io.try_lock(run_dir / '.lock')
+            if lock is None:
+                error = (
+                    'lock',
+                    f'{run_dir} is used by another run ({holder}); wait for it to end, or choose another '
+                    f'run.name (remove {run_dir / ".lock"} only if no run uses the folder)',
+                )
     error = d.broadcast_object(error) if d.enabled else error
     if error:
-        raise RunLockedError(error)
+        raise (RunFolderError if error[0] == 'folder' else RunLockedError)(error[1])
     return lock
 
 
@@ -392,12 +433,23 @@ def _train(cfg: Config, d: Dist) -> dict:
     try:
         run = _open_run(cfg, d)
         try:
+            cfg = _cap_workers(cfg, run.monitor.log)
+            backbone, rng = _build_backbone(cfg, run)  # before the image scan: it fails fast
             data = _build_data(cfg, d, run)
-            step = _build_step(cfg, d, run, data)
+            step = _build_step(cfg, d, data, backbone, rng)
             start = _start(cfg, d, run, data, step)
             with _signals() as stop:
                 metrics = _iterate(cfg, d, run, data, step, start, stop)
                 return _finish(cfg, d, run, data, step, start, metrics, stop)
+        except TrainingInterrupted as e:
+            run.monitor.log_file(str(e))
+            raise
+        except MtdpError as e:
+            run.monitor.log_file(f'error: {e}')  # the console gets it from the command line
+            raise
+        except Exception:
+            run.monitor.log_file(traceback.format_exc().rstrip())
+            raise
         finally:
             run.monitor.close()
     finally:
@@ -434,8 +486,12 @@ def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, star
             **data.loader_kw,
         )
     )
-    to_device = _to_device(cfg, d)
     watch = LossWatch(len(data.pool), d.device)
+    inputs = InputWatch(data.per_rank_batch, d.device)
+
+    def images_of(iteration: int) -> list[str]:
+        return data.names(data.sampler.draws((iteration - 1) * data.per_rank_batch, data.per_rank_batch))
+
     t_last, frozen = time.time(), None
     if d.is_main and run.monitor.bar is not None:
         run.monitor.bar.n = start
@@ -444,10 +500,10 @@ def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, star
             frozen = it < S.warmup_iterations
             _set_phase(cfg, d, step, frozen, it, log)
         x, y, t = next(batches)
-        loss, counts = step(
-            to_device(x), y.to(d.device, non_blocking=True), t.to(d.device, non_blocking=True)
-        )
+        x = data.normalise(x)
         iteration = it + 1
+        inputs.add(x, iteration)
+        loss, counts = step(x, y.to(d.device, non_blocking=True), t.to(d.device, non_blocking=True))
         watch.add(loss, counts, iteration)
         _fault_point(d, iteration)
 
@@ -456,6 +512,7 @@ def _iterate(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep, star
         is_val = bool(S.val_every) and iteration % S.val_every == 0 and iteration < S.iterations
         stopping = stop['signum'] is not None
         if is_log or is_ckpt or d.device.type == 'cpu' or (stopping and not d.enabled):
+            inputs.check(d.any, images_of)  # a bad input explains a bad loss: named first
             watch.check(d.any, data.pool.names, iteration, ckpt.list_checkpoints(run.checkpoints))
         if is_log:
             now = time.time()

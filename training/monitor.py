@@ -1,5 +1,6 @@
-"""What a run reports: a tqdm bar (loss, img/s, ETA), ``metrics.csv``, ``log.txt`` and TensorBoard
-when the ``tensorboard`` package is installed. Only the main rank writes."""
+"""What a run reports: a tqdm bar (loss, img/s, ETA) on a terminal, ``metrics.csv``, ``log.txt`` and
+TensorBoard when the ``tensorboard`` package is installed (a warning says so when it is asked for
+and missing). Only the main rank writes."""
 
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ class Monitor:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard not installed: CSV only
-                pass
+            except ImportError:
+                self.log(
+                    'WARNING: run.tensorboard is true but the tensorboard package is not installed '
+                    '(pip install tensorboard); the metrics go to metrics.csv only'
+                )
             else:
                 self.writer = SummaryWriter(str(self.run_dir / 'tensorboard'))
 
@@ -58,6 +62,13 @@ class Monitor:
         else:
             print(message, flush=True)
         self._log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
+        self._log.flush()
+
+    def log_file(self, text: str) -> None:
+        """``text`` into ``log.txt`` only (the command line shows it on the console itself)."""
+        if not self.enabled or self._log.closed:
+            return
+        self._log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {text}\n')
         self._log.flush()
 
     def resumed_at(self, iteration: int, finished: bool = False) -> None:

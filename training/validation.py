@@ -2,7 +2,8 @@
 
 Images go through the backbone's own eval preprocessing (:func:`mtdp_hub.features.specs.
 eval_transform` of its data config: resize, centre crop, normalisation), the same that
-``mtdp extract`` applies to the exported model. Metrics: accuracy for every task, ROC AUC for
+``mtdp extract`` applies to the exported model, split as everywhere else: the DataLoader workers
+resize and crop to uint8, the device normalises the batch (:mod:`mtdp_hub.features.pixels`). Metrics: accuracy for every task, ROC AUC for
 binary ones (:mod:`mtdp_hub.evaluation.metrics`).
 """
 
@@ -15,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mtdp_hub.evaluation.metrics import accuracy, roc_auc
+from mtdp_hub.features.pixels import Normalise, uint8_eval_transform
 from mtdp_hub.features.runtime import autocast
 from mtdp_hub.features.specs import data_config, eval_transform
 from mtdp_hub.heads import load_heads
@@ -38,9 +40,11 @@ def evaluate(
     device: torch.device,
     num_workers: int = 0,
     amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> dict[str, float]:
     """Per-task accuracy (every task) and ROC AUC (binary tasks) on ``split``."""
-    transform = eval_transform(data_config(model.backbone))
+    transform, mean, std = uint8_eval_transform(eval_transform(data_config(model.backbone)))
+    normalise = Normalise(mean, std, device, memory_format)
     was_training = model.training
     model.eval()
     metrics = {}
@@ -56,7 +60,7 @@ def evaluate(
             )
             probs, labels = [], []
             for x, y, ti in loader:
-                x = x.to(device, non_blocking=True)
+                x = normalise(x)
                 with autocast(device, amp_dtype):
                     logits = model(x, ti.to(device))[:, : task.num_classes]
                 probs.append(logits.float().softmax(1).cpu())
@@ -84,6 +88,7 @@ def validate(
             d.device,
             cfg.data.num_workers,
             amp_dtype,
+            torch.channels_last if cfg.run.channels_last else torch.contiguous_format,
         )
         monitor.scalars(iteration, metrics)
         if metrics:

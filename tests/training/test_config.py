@@ -64,3 +64,29 @@ def test_overrides_and_saved_config_reload(tmp_path):
         apply_overrides(cfg, ['data.bad_images=ignore'])
     save_config(cfg, tmp_path / 'config.yaml')
     assert load_config(tmp_path / 'config.yaml') == cfg
+
+
+def test_gpu_decoding_is_refused_at_config_load_saying_why_and_what_to_do(tmp_path):
+    """The settings that gave 'non-finite loss at iteration 1' on a GPU now stop before any work."""
+    path = tmp_path / 'gpu_decode.yaml'
+    path.write_text('pool: demo\ndata:\n  decode: gpu\nschedule:\n  bn_recalibration_batches: 20\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert str(path) in message and 'data.decode' in message and 'nvJPEG' in message
+    assert 'remove data.decode' in message and 'DataLoader workers' in message
+    with pytest.raises(ConfigError, match='data.decode'):
+        load_config(None, ['data.decode=gpu', 'schedule.bn_recalibration_batches=20'])
+
+
+def test_data_decode_cpu_is_accepted_with_a_warning_and_dropped(tmp_path):
+    """Run folders saved before the key went away (decode: cpu) still load and resume."""
+    path = tmp_path / 'old.yaml'
+    path.write_text('data:\n  decode: cpu\n  size: 64\n')
+    with pytest.warns(FutureWarning, match='data.decode: cpu is ignored'):
+        cfg = load_config(path)
+    assert cfg.data.size == 64 and not hasattr(cfg.data, 'decode')
+    with pytest.warns(FutureWarning, match='remove data.decode'):
+        load_config(None, ['data.decode=cpu'])
+    save_config(cfg, tmp_path / 'saved.yaml')
+    assert 'decode' not in (tmp_path / 'saved.yaml').read_text()

@@ -1,4 +1,4 @@
-"""The paper's transforms and the multi-task dataset."""
+"""The paper's transforms, the multi-task dataset, and the uint8 data path (workers -> device)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ import timm
 import torch
 from PIL import Image
 
+from mtdp_hub.features.pixels import Normalise, normalise_uint8, uint8_eval_transform
 from mtdp_hub.features.specs import data_config, eval_transform
-from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset, train_transform
-from training.model import set_training_preprocessing
+from training.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiTaskDataset,
+    SplitDataset,
+    train_transform,
+    train_transform_uint8,
+)
+from training.model import MultiTaskNet, set_training_preprocessing
 from training.pool import load_pool
 from training.sampler import TaskUniformSampler
 
@@ -63,94 +71,59 @@ def test_dataset_items_depend_only_on_the_draw_not_on_workers(tiny_pool):
     direct = [ds[k] for k in draws]
     loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=draws, num_workers=2)
     batched = torch.cat([x for x, _, _ in loader])
+    assert batched.dtype == torch.uint8  # the workers hand over uint8; the device normalises
     assert torch.equal(batched, torch.stack([x for x, _, _ in direct]))
     for (_x, label, t), (flat, _) in zip(direct, draws):
         task, split, i = ds.index[flat]
         assert t == task and label == pool.tasks[t].splits[split].labels[i]
 
 
-def _jpeg_task(root, size=(60, 40), n=6, mode='RGB'):
-    rng = np.random.default_rng(0)
-    for cls in ('a', 'b'):
-        (root / 'train' / cls).mkdir(parents=True)
-        for i in range(n):
-            a = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-            Image.fromarray(a).convert(mode).save(root / 'train' / cls / f'p_{i}.jpg', quality=90)
-    return root
+def test_uint8_batches_normalised_on_the_device_equal_the_float_transform(tiny_pool):
+    """The loop's data path (uint8 from the workers, Normalise) gives the float transform's numbers."""
+    pool = load_pool(tiny_pool)
+    ds = MultiTaskDataset(pool, ['train'], 24)
+    draws = list(TaskUniformSampler(ds.task_sizes, seed=3, num_draws=16))
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=draws, num_workers=0)
+    normalise = Normalise(IMAGENET_MEAN, IMAGENET_STD, torch.device('cpu'), torch.channels_last)
+    batches = [(x, normalise(x)) for x, _, _ in loader]
+    assert all(x.dtype == torch.uint8 for x, _ in batches)
+    got = torch.cat([n for _, n in batches])
+    reference = []
+    for flat, seed in draws:
+        t, split, i = ds.index[flat]
+        im = pool.tasks[t].load(split, i)
+        reference.append(train_transform(im, 24, torch.Generator().manual_seed(seed)))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.stack(reference), rtol=0, atol=1e-6)
 
 
-def test_device_decode_makes_the_cpu_paths_batch(tmp_path):
-    """data.decode: gpu (run here on the CPU device): same crops and flips as the Pillow path, from bytes."""
-    from training.data import DeviceAugment, EncodedMultiTaskDataset, collate_encoded
+def test_validation_batches_equal_the_backbones_float_eval_transform(tiny_pool):
+    """Validation: the eval transform split at ToTensor (uint8 in the workers) + Normalise on the device."""
+    from training.validation import evaluate
 
-    pool = load_pool(
-        {
-            'tasks': [
-                {'name': 'rgb', 'root': str(_jpeg_task(tmp_path / 'rgb'))},
-                {'name': 'grey', 'root': str(_jpeg_task(tmp_path / 'grey', mode='L'))},
-            ]
-        }
+    pool = load_pool(tiny_pool)
+    backbone = timm.create_model('test_resnet', num_classes=0)
+    for size in (None, 20):  # timm's own data config (mean 0.5, crop_pct 0.95), then a run's
+        if size:
+            set_training_preprocessing(backbone, size)
+        float_transform = eval_transform(data_config(backbone))
+        transform, mean, std = uint8_eval_transform(float_transform)
+        loader = torch.utils.data.DataLoader(SplitDataset(pool, 1, 'val', transform), batch_size=4)
+        got = torch.cat([Normalise(mean, std)(x) for x, _, _ in loader])
+        task = pool.tasks[1]
+        ref = torch.stack([float_transform(task.load('val', i)) for i in range(len(task.splits['val']))])
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    # and evaluate() runs through it (channels_last batches included)
+    model = MultiTaskNet(backbone, {t.name: t.num_classes for t in pool.tasks})
+    metrics = evaluate(model, pool, 'val', 4, torch.device('cpu'), memory_format=torch.channels_last)
+    binary = [f'val/{t.name}/auc' for t in pool.tasks if t.num_classes == 2]
+    assert sorted(metrics) == sorted([f'val/{t.name}/acc' for t in pool.tasks] + binary)
+
+
+def test_train_transform_is_the_uint8_transform_normalised():
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x8 = train_transform_uint8(striped(), 24, g1)
+    assert x8.dtype == torch.uint8 and x8.shape == (3, 24, 24)
+    torch.testing.assert_close(
+        train_transform(striped(), 24, g2), normalise_uint8(x8, IMAGENET_MEAN, IMAGENET_STD), rtol=0, atol=0
     )
-    for size in (40, 24):  # 40: the crop is already the input size; 24: resized
-        cpu, enc = MultiTaskDataset(pool, ['train'], size), EncodedMultiTaskDataset(pool, ['train'], size)
-        draws = list(TaskUniformSampler(cpu.task_sizes, seed=1, num_draws=16))
-        items, _, tasks = collate_encoded([enc[k] for k in draws])
-        assert {im.params is None for im, t in zip(items, tasks.tolist()) if t == 1} == {True}  # grey: CPU
-        assert {im.data.dim() for im, t in zip(items, tasks.tolist()) if t == 0} == {1}  # RGB JPEG: bytes
-        x = DeviceAugment(size, torch.device('cpu'))(items)
-        ref = torch.stack([cpu[k][0] for k in draws])
-        diff = (x - ref).abs()
-        if size == 40:
-            assert diff.max() < 1e-5
-        else:  # Pillow's and torch's antialiased bilinear resize differ by at most a grey level or two
-            assert diff.max() < 2.5 / 255 / 0.224 and diff.mean() < 0.01
-
-
-def test_device_decode_trains_to_the_same_weights(tmp_path):
-    """Through the whole loop: decoding on the device gives the weights the Pillow path gives."""
-    from training.config import from_dict
-    from training.loop import main
-
-    from .conftest import tiny_config_dict
-
-    pool = tmp_path / 'pool.yaml'
-    pool.write_text(
-        f'tasks:\n  - root: {_jpeg_task(tmp_path / "a")}\n  - root: {_jpeg_task(tmp_path / "b", n=4)}\n'
-    )
-    sha = {}
-    for decode in ('cpu', 'gpu'):
-        d = tiny_config_dict(
-            pool,
-            tmp_path / 'runs',
-            schedule={'iterations': 4, 'warmup_iterations': 1, 'bn_recalibration_batches': 1},
-        )
-        d['data'].update(size=40, decode=decode, scan_images=False)
-        d['run']['name'] = decode
-        sha[decode] = main(from_dict(d).validate())['weights_sha256']
-    assert sha['cpu'] == sha['gpu']
-
-
-def test_device_decode_sends_a_png_named_jpg_the_pillow_way(tmp_path):
-    from training.data import EncodedMultiTaskDataset
-
-    root = _jpeg_task(tmp_path / 't', n=2)
-    fake = root / 'train' / 'a' / 'p_0.jpg'
-    Image.open(fake).convert('RGB').save(fake, format='PNG')  # PNG bytes under a .jpg name
-    pool = load_pool({'tasks': [{'name': 't', 'root': str(root)}]})
-    ds = EncodedMultiTaskDataset(pool, ['train'], 24)
-    flat = [k for k, (_, _, i) in enumerate(ds.index) if pool.tasks[0].splits['train'].items[i] == str(fake)][
-        0
-    ]
-    image, _, _ = ds[(flat, 0)]
-    assert image.params is None and image.data.shape == (3, 24, 24)
-
-
-def test_batch_normalisation_on_the_device_equals_the_per_image_path():
-    from training.data import DeviceNormalise, normalise_uint8, train_transform_uint8
-
-    g = torch.Generator().manual_seed(0)
-    batch = torch.stack([train_transform_uint8(striped(), 24, g) for _ in range(4)])
-    assert batch.dtype == torch.uint8
-    out = DeviceNormalise(torch.device('cpu'), torch.channels_last)(batch)
-    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(out, torch.stack([normalise_uint8(x) for x in batch]))

@@ -1,0 +1,136 @@
+"""Guards that stop a run on corrupted numbers and name the images of the batch at fault.
+
+Training images reach the device as uint8 and are normalised there, so a network input cannot be
+NaN or infinite unless memory was overwritten after the normalisation (a driver or decoder
+writing into memory that queued kernels still read). Such a corruption does not raise: it
+poisons the loss or, during BN re-calibration, every BN statistic, far from its cause. Two guards:
+
+- :class:`InputWatch` flags non-finite training inputs per sample on the device, with no host
+  sync per step (as :class:`training.step.LossWatch` does for the loss), and the loop checks it
+  when it syncs anyway (``log_every``, checkpoints, the end).
+- :func:`checked_recalibration_batches` checks each BN re-calibration batch (inputs, and every BN
+  layer's input through forward pre-hooks) before the next one is drawn, so the statistics are
+  never written from a bad batch.
+
+Both raise :class:`NonFiniteBatchError` naming the images (task, split, file) of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mtdp_hub.errors import MtdpError
+
+__all__ = ['NonFiniteBatchError', 'InputWatch', 'checked_recalibration_batches', 'finite_per_sample']
+
+
+class NonFiniteBatchError(MtdpError, RuntimeError):
+    """A batch held NaN/inf inputs or produced NaN/inf activations; the message names its images."""
+
+
+def finite_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """A bool per sample of an NCHW float batch: all its values finite (one reduction, on the device).
+
+    A sum is finite exactly when its terms are (NaN and inf propagate; normalised pixels cannot
+    overflow float32), which reads the batch once in whatever memory format it has.
+    """
+    return torch.isfinite(x.sum(dim=tuple(range(1, x.dim())), dtype=torch.float32))
+
+
+def _listing(names: Sequence[str], limit: int = 20) -> str:
+    shown = '\n  '.join(names[:limit])
+    more = f'\n  ... and {len(names) - limit} more' if len(names) > limit else ''
+    return f'\n  {shown}{more}'
+
+
+class InputWatch:
+    """The first training batch with a non-finite input, kept on the device: no host sync per step.
+
+    ``add`` records, for the first bad iteration only, which samples were bad; ``check`` (which
+    syncs) raises naming their files, recovered from the draws of that iteration.
+    """
+
+    def __init__(self, batch_size: int, device: torch.device):
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_samples = torch.zeros(batch_size, dtype=torch.bool, device=device)
+
+    def add(self, x: torch.Tensor, iteration: int) -> None:
+        bad = ~finite_per_sample(x)
+        newly_bad = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, iteration), self.first_bad)
+        self.bad_samples = torch.where(newly_bad, bad, self.bad_samples)
+
+    def check(self, any_rank: Callable[[bool], bool], draws_of: Callable[[int], list[str]]) -> None:
+        """Raise :class:`NonFiniteBatchError` when any rank saw a non-finite input (syncs with the device).
+
+        ``draws_of(iteration)`` gives the names of that iteration's images on this rank, in batch order.
+        """
+        bad_it = int(self.first_bad.item())
+        if not any_rank(bad_it >= 0):
+            return
+        if bad_it < 0:
+            raise NonFiniteBatchError('non-finite network input on another rank; stopping (see its message)')
+        names = draws_of(bad_it)
+        bad = [names[k] for k in self.bad_samples.nonzero().flatten().tolist()]
+        raise NonFiniteBatchError(
+            f'non-finite network input at iteration {bad_it} in {len(bad)} image(s); stopping before the '
+            'weights take it in. Images arrive as uint8, so this is memory corruption on the device '
+            f'(or a broken custom transform), not a property of the files:{_listing(bad)}'
+        )
+
+
+def _bn_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def checked_recalibration_batches(
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    names: Sequence[Sequence[str]],
+    any_rank: Callable[[bool], bool] = bool,
+) -> Iterator[torch.Tensor]:
+    """Yield ``batches`` (already on the device) to ``recalibrate_batchnorm(model, ...)``, checking each.
+
+    Before a batch is handed over its inputs are checked; once the model has run it (when the next
+    batch is asked for, or at the end, before the statistics are written) every BN layer's input
+    is checked through forward pre-hooks. A bad batch raises :class:`NonFiniteBatchError` naming
+    ``names[k]``, its images, and the re-calibration stops with the model untouched. One host sync
+    per batch (re-calibration runs a few dozen batches, once); ``any_rank`` ORs a flag over the
+    ranks, so that every rank stops at the same batch.
+    """
+    layers = {m: name for name, m in model.named_modules() if m in set(_bn_layers(model))}
+    first_bad: dict[str, torch.Tensor] = {}
+
+    def hook(module, inputs):
+        ok = torch.isfinite(inputs[0].detach().sum(dtype=torch.float32))
+        first_bad[layers[module]] = first_bad[layers[module]] & ok if layers[module] in first_bad else ok
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    try:
+        for k, x in enumerate(batches):
+            bad = (~finite_per_sample(x)).nonzero().flatten().tolist()
+            if any_rank(bool(bad)):
+                raise NonFiniteBatchError(
+                    f'BN re-calibration batch {k + 1}: non-finite network input in {len(bad)} image(s) '
+                    f'on this rank; nothing was changed in the model:{_listing([names[k][j] for j in bad])}'
+                )
+            first_bad.clear()
+            yield x
+            broken = [name for name, ok in first_bad.items() if not bool(ok)]
+            if any_rank(bool(broken)):
+                where = (
+                    f'at {", ".join(broken[:5])}{" ..." if len(broken) > 5 else ""}'
+                    if broken
+                    else 'on another rank'
+                )
+                raise NonFiniteBatchError(
+                    f'BN re-calibration batch {k + 1}: finite inputs gave non-finite activations {where} '
+                    '(memory overwritten on the device while the batch ran?); nothing was changed in '
+                    f'the model. The batch held on this rank:{_listing(list(names[k]))}'
+                )
+    finally:
+        for h in handles:
+            h.remove()
