@@ -70,6 +70,7 @@ __all__ = [
     'TrainingInterrupted',
     'RunLockedError',
     'RunFolderError',
+    'recalibrate',
     'BadImagesError',
     'export_run',
     'export_checkpoint',
@@ -320,33 +321,38 @@ def _start(cfg: Config, d: Dist, run: _Run, data: _Data, step: TrainStep) -> int
         return start
     n_batches = cfg.schedule.bn_recalibration_batches
     if n_batches > 0:
-        # Mixed-task batches from a stream of their own (the training stream stays untouched).
-        cal_sampler = TaskUniformSampler(
-            data.train_set.task_sizes,
-            cfg.run.seed + 7919,
-            d.rank,
-            d.world_size,
-            num_draws=n_batches * data.per_rank_batch,
-        )
-        draws, B = list(cal_sampler), data.per_rank_batch
-        batches = [draws[k : k + B] for k in range(0, len(draws), B)]
-        cal_loader = DataLoader(
-            data.train_set,
-            batch_sampler=batches,
-            num_workers=data.loader_kw['num_workers'],
-            pin_memory=data.loader_kw['pin_memory'],
-        )
-        checked = checked_recalibration_batches(
-            step.model.backbone,
-            (data.normalise(x) for x, _, _ in cal_loader),
-            [data.names(b) for b in batches],
-            any_rank=d.any,
-        )
-        n = recalibrate_batchnorm(
-            step.model.backbone, checked, all_reduce=d.all_reduce_sum if d.enabled else None
-        )
+        n = recalibrate(step.model.backbone, data, cfg.run.seed, n_batches, d)
         run.monitor.log(f'batch-norm re-calibration on {n} mixed-task batches')
     return 0
+
+
+def recalibrate(backbone: torch.nn.Module, data: _Data, seed: int, n_batches: int, d: Dist) -> int:
+    """BN re-calibration on ``n_batches`` mixed-task batches through the training data path (uint8 from
+    the workers, normalised on the device), each batch checked (:mod:`training.guards`): a non-finite
+    one raises naming its images, before any statistic is written. Returns the batch count."""
+    # Mixed-task batches from a stream of their own (the training stream stays untouched).
+    cal_sampler = TaskUniformSampler(
+        data.train_set.task_sizes,
+        seed + 7919,
+        d.rank,
+        d.world_size,
+        num_draws=n_batches * data.per_rank_batch,
+    )
+    draws, B = list(cal_sampler), data.per_rank_batch
+    batches = [draws[k : k + B] for k in range(0, len(draws), B)]
+    cal_loader = DataLoader(
+        data.train_set,
+        batch_sampler=batches,
+        num_workers=data.loader_kw['num_workers'],
+        pin_memory=data.loader_kw['pin_memory'],
+    )
+    checked = checked_recalibration_batches(
+        backbone,
+        (data.normalise(x) for x, _, _ in cal_loader),
+        [data.names(b) for b in batches],
+        any_rank=d.any,
+    )
+    return recalibrate_batchnorm(backbone, checked, all_reduce=d.all_reduce_sum if d.enabled else None)
 
 
 def _check_same_pool(state: dict, data: _Data) -> None:
