@@ -191,3 +191,13 @@ def test_docs_cite_only_the_repository():
             'shared/data',
         ):
             assert outside not in text, f'{path.name} refers to {outside}'
+
+
+def test_readme_names_the_model_tables_repos_as_unpublished():
+    """The README's Hub repos are the model table's, and it says that they are not published yet."""
+    readme = (REPO_ROOT / 'README.md').read_text(encoding='utf-8')
+    top = readme.split('## Models')[0]
+    for row in mtdp_hub.list_models(pretrained=True):
+        assert get_pretrained_cfg(row).hf_hub_id in top
+    assert 'has not published its copies yet' in top and 'unreachable since' in top
+    assert 'loadable in one line' not in readme

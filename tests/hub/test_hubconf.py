@@ -1,6 +1,7 @@
 """torch.hub.load on this repository (source='local')."""
 
 import importlib.util
+import re
 
 import torch
 
@@ -36,3 +37,16 @@ def test_hubconf_declares_dependencies_and_documented_entry_points():
     for name in ('mtdp_resnet50', 'mtdp_densenet121'):
         assert callable(getattr(hubconf, name)) and getattr(hubconf, name).__doc__
     assert 'no final ReLU' in hubconf.mtdp_densenet121.__doc__
+
+
+def test_hubconf_and_readme_name_the_repository_of_setup_cfg():
+    """One GitHub repository name everywhere: setup.cfg's url, hubconf's docstring, the README."""
+    url = next(
+        line for line in (REPO_ROOT / 'setup.cfg').read_text().splitlines() if line.startswith('url =')
+    )
+    repo = url.split('github.com/')[1].strip()
+    hubconf = (REPO_ROOT / 'hubconf.py').read_text()
+    readme = (REPO_ROOT / 'README.md').read_text()
+    assert f"torch.hub.load('{repo}'" in hubconf and f"torch.hub.load('{repo}'" in readme
+    named = set(re.findall(r"torch\.hub\.load\('([\w.-]+/[\w.-]+)'", hubconf + readme))
+    assert named == {repo}
