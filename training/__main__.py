@@ -15,7 +15,7 @@ from .config import ConfigError, config_keys, load_config
 from .data import scan_pool
 from .export import export_checkpoint
 from .guards import NonFiniteBatchError
-from .loop import NonFiniteLossError, TrainingInterrupted
+from .loop import NonFiniteLossError, TrainingInterrupted, available_cpus
 from .loop import main as train
 from .pool import PoolError, load_pool
 
@@ -82,7 +82,10 @@ def _scan(args) -> int:
     except PoolError as e:
         print(f'pool error: {e}', file=sys.stderr)
         return 2
-    report = scan_pool(pool, args.splits, num_workers=args.workers, progress=True)
+    workers = min(args.workers, available_cpus())
+    if workers < args.workers:
+        print(f'--workers {args.workers} capped at {workers}: the CPUs available', file=sys.stderr)
+    report = scan_pool(pool, args.splits, num_workers=workers, progress=True)
     for line in report.lines():
         print(line)
     print(f'{report.checked} images checked in {len(pool)} tasks, {len(report.bad)} undecodable')

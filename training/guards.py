@@ -113,9 +113,10 @@ def checked_recalibration_batches(
         for k, x in enumerate(batches):
             bad = (~finite_per_sample(x)).nonzero().flatten().tolist()
             if any_rank(bool(bad)):
+                where = f'in {len(bad)} image(s)' if bad else 'on another rank'
                 raise NonFiniteBatchError(
-                    f'BN re-calibration batch {k + 1}: non-finite network input in {len(bad)} image(s) '
-                    f'on this rank; nothing was changed in the model:{_listing([names[k][j] for j in bad])}'
+                    f'BN re-calibration batch {k + 1}: non-finite network input {where}; nothing was '
+                    f'changed in the model{":" + _listing([names[k][j] for j in bad]) if bad else ""}'
                 )
             first_bad.clear()
             yield x

@@ -141,3 +141,11 @@ def test_keys_lists_every_config_key_with_its_default(capsys):
         cli.main(['--help'])
     assert e.value.code == 0
     assert 'schedule.bn_recalibration_batches' in capsys.readouterr().out
+
+
+def test_the_scan_command_caps_its_workers_too(tiny_pool, monkeypatch, capsys):
+    monkeypatch.setattr(cli, 'available_cpus', lambda: 1)
+    assert cli.main(['scan', '--pool', str(tiny_pool), '--splits', 'train', '--workers', '3']) == 0
+    captured = capsys.readouterr()
+    assert '--workers 3 capped at 1: the CPUs available' in captured.err
+    assert '44 images checked in 3 tasks, 0 undecodable' in captured.out
