@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import pickletools
+import re
+import zipfile
 from pathlib import Path
 
 import timm
@@ -18,9 +21,55 @@ from .state_dict import (
     split_mtdp_checkpoint,
 )
 
-__all__ = ['convert_mtdp_checkpoint', 'ORIGINAL_ARCHITECTURES']
+__all__ = ['convert_mtdp_checkpoint', 'ORIGINAL_ARCHITECTURES', 'is_training_checkpoint', 'plain_torch_error']
 
 ORIGINAL_ARCHITECTURES = {'resnet50': 'mtdp_resnet50', 'densenet121': 'mtdp_densenet121'}
+
+
+# Top-level keys of a ``python -m training`` checkpoint (training/state.py: ``run_state``).
+_TRAINING_KEYS = frozenset(
+    {'iteration', 'model', 'optimizer', 'scheduler', 'sampler', 'tasks', 'pool_markdown'}
+)
+_TORCH_REASON = re.compile(r'WeightsUnpickler error: (?P<why>[^\n]*?)(?: Please use |\n|$)')
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def _pickle_strings(path: Path, limit: int = 1 << 22) -> set[str]:
+    """The strings in the pickle of a torch zip archive, read with :mod:`pickletools` (nothing runs)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl'), None)
+            if name is None or archive.getinfo(name).file_size > limit:
+                return set()
+            data = archive.read(name)
+        return {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
+    except (OSError, zipfile.BadZipFile, ValueError, KeyError):
+        return set()
+
+
+def is_training_checkpoint(path: str | os.PathLike) -> bool:
+    """True for a checkpoint written by ``python -m training`` (training/checkpoint.py), told by its
+    top-level keys without loading it."""
+    return _TRAINING_KEYS <= _pickle_strings(Path(path))
+
+
+def _training_checkpoint_error(src: Path) -> CheckpointError:
+    run = src.resolve().parent.parent if src.resolve().parent.name == 'checkpoints' else Path('RUN_FOLDER')
+    return CheckpointError(
+        f'{src} is a checkpoint of a python -m training run, not an original mtdp checkpoint: export it with '
+        f'python -m training export --run {run} --checkpoint {src} --out FOLDER'
+    )
+
+
+def plain_torch_error(message: str) -> str:
+    """``message`` without terminal colour codes, and with torch's weights-only refusal (several paragraphs,
+    ending in advice to load with ``weights_only=False``) cut to its one reason."""
+    message = _ANSI.sub('', message)
+    head, marker, rest = message.partition('Weights only load failed')
+    if not marker:
+        return message
+    found = _TORCH_REASON.search(rest)
+    return head.rstrip() + ' ' + (found['why'].strip() if found else 'it holds objects other than tensors')
 
 
 def convert_mtdp_checkpoint(
@@ -40,7 +89,12 @@ def convert_mtdp_checkpoint(
         overwrite: replace an existing ``out_dir``; never one that holds ``src`` (refused always).
     """
     refuse_output_holding(out_dir, src, 'the source checkpoint')
-    state_dict = read_state_dict(src)
+    if is_training_checkpoint(src):
+        raise _training_checkpoint_error(Path(src))
+    try:
+        state_dict = read_state_dict(src)
+    except CheckpointError as e:
+        raise CheckpointError(plain_torch_error(str(e))) from e
     if not is_mtdp_layout(state_dict):
         raise CheckpointError(f'{src}: not an original mtdp checkpoint (no features./heads. keys)')
     backbone, heads = split_mtdp_checkpoint(state_dict)

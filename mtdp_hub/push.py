@@ -18,6 +18,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from safetensors import safe_open
 
 from .errors import InputNotFoundError, ModelFolderError
+from .hubcheck import HubUnreachableError, check_hub_reachable, hub_offline
 
 __all__ = ['check_folder', 'push_folder', 'REQUIRED', 'TEXT_FILES']
 
@@ -114,10 +115,16 @@ def push_folder(
     commit_message: str = 'Upload mtdp-hub model',
     token: str | None = None,
 ) -> list[Path]:
-    """Upload the files :func:`check_folder` lists, and only those, in one commit; with ``dry_run`` only list them."""
+    """Upload the files :func:`check_folder` lists, and only those, in one commit; with ``dry_run`` only list them.
+
+    Stops within seconds with :class:`~mtdp_hub.hubcheck.HubUnreachableError` when the Hub cannot be
+    reached (or ``HF_HUB_OFFLINE`` is set), before anything is sent."""
     files = check_folder(folder)
     if dry_run:
         return files
+    if hub_offline():
+        raise HubUnreachableError(f'cannot upload to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload')
+    check_hub_reachable(f'uploading to {repo_id}')  # seconds, not huggingface_hub's retries
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
     api.create_commit(

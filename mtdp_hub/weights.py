@@ -3,7 +3,9 @@
 Sources are tried in order and the first that works is used:
 
 1. a folder named by ``$MTDP_WEIGHTS_DIR`` holding the original ``.pth`` or converted safetensors;
-2. the Hugging Face Hub repo the project publishes to (safetensors; honours ``HF_HUB_OFFLINE``);
+2. the Hugging Face Hub repo the project publishes to (safetensors; honours ``HF_HUB_OFFLINE``; when
+   the Hub cannot be reached within seconds, only the local Hub cache is used: see
+   :mod:`mtdp_hub.hubcheck`);
 3. the original authors' URL, cached under ``<model>.<tag>-<sha256 prefix>.pth`` because both
    original URLs end in ``/download`` and would collide under their URL basename.
 
@@ -26,7 +28,9 @@ import torch
 from huggingface_hub import hf_hub_download
 
 from ._io import clean_leftovers, commit_file, partial_file, sha256_file
+from .catalog import ENV_CACHE_DIR, ENV_WEIGHTS_DIR, default_cache_dir
 from .errors import CheckpointError, HashMismatchError, WeightsNotFoundError
+from .hubcheck import HubUnreachableError, check_hub_reachable, hub_offline
 from .state_dict import read_state_dict
 
 __all__ = [
@@ -43,9 +47,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-ENV_WEIGHTS_DIR = 'MTDP_WEIGHTS_DIR'
-ENV_CACHE_DIR = 'MTDP_CACHE_DIR'
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,6 @@ class WeightSource:
         if self.kind == 'hf-hub':
             return f'Hugging Face Hub {self.location}/{self.file_name}'
         return f'URL {self.location} ({self.file_name})'
-
-
-def default_cache_dir() -> Path:
-    """``$MTDP_CACHE_DIR``, else ``<torch hub dir>/checkpoints/mtdp_hub``."""
-    env = os.environ.get(ENV_CACHE_DIR)
-    return Path(env) if env else Path(torch.hub.get_dir()) / 'checkpoints' / 'mtdp_hub'
 
 
 def verify_sha256(path: Path, expected: str | None, what: str) -> str:
@@ -101,8 +96,25 @@ def _from_local_dir(src: WeightSource, model_tag: str, cache_dir: Path | None) -
     return path
 
 
+def _hub_download(src: WeightSource, cache_dir: Path | None) -> Path:
+    """The file from the Hub, or from the Hub cache alone when the Hub does not answer within seconds
+    (huggingface_hub itself would retry for ~20 s first)."""
+    if hub_offline():
+        return Path(hf_hub_download(src.location, src.file_name, cache_dir=cache_dir))
+    try:
+        check_hub_reachable(src.describe())
+    except HubUnreachableError as unreachable:
+        try:
+            return Path(
+                hf_hub_download(src.location, src.file_name, cache_dir=cache_dir, local_files_only=True)
+            )
+        except Exception:  # not in the cache: the network is what is missing
+            raise unreachable from None
+    return Path(hf_hub_download(src.location, src.file_name, cache_dir=cache_dir))
+
+
 def _from_hf_hub(src: WeightSource, model_tag: str, cache_dir: Path | None) -> Path:
-    path = Path(hf_hub_download(src.location, src.file_name, cache_dir=cache_dir))
+    path = _hub_download(src, cache_dir)
     try:
         verify_sha256(path, src.sha256, src.describe())
         verify_readable(path)
@@ -169,7 +181,8 @@ def fetch_weights(
     tried = '\n'.join(failures) or '  (no source is registered)'
     raise WeightsNotFoundError(
         f'No weights could be obtained for {model_tag}. Tried, in order:\n{tried}\n'
-        f'To use a copy you have: set {ENV_WEIGHTS_DIR}=/folder/holding/the/file, or pass '
-        f"pretrained_cfg_overlay=dict(file='/path/to/file'); an original mtdp .pth can also be turned "
-        f"into a Hugging Face folder with 'mtdp convert' and loaded with 'local-dir:/path/to/folder'."
+        f'To use a copy you have: set {ENV_WEIGHTS_DIR}=/folder/holding/the/file; or give the file itself: '
+        f'--weights FILE on the command line (mtdp extract, mtdp evaluate, mtdp export), '
+        f"pretrained_cfg_overlay=dict(file='/path/to/file') in Python; an original mtdp .pth can also be "
+        f"turned into a Hugging Face folder with 'mtdp convert' and loaded as 'local-dir:/path/to/folder'."
     )

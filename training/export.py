@@ -10,9 +10,43 @@ from mtdp_hub.errors import OutputExistsError
 from mtdp_hub.export import export_folder
 
 from . import checkpoint as ckpt
-from .model import MultiTaskNet, create_backbone, set_training_preprocessing
+from .model import MultiTaskNet, create_backbone, imagenet_weights_name, set_training_preprocessing
 
-__all__ = ['export_run', 'export_checkpoint']
+__all__ = ['export_run', 'export_checkpoint', 'run_description']
+
+
+def _init_text(model_cfg: dict) -> str:
+    """Where the run's backbone started, as the config says (``model.init``)."""
+    init = model_cfg.get('init', 'imagenet')
+    if init == 'random':
+        return 'random initialisation'
+    if init == 'imagenet':
+        source = model_cfg.get('imagenet_weights') or imagenet_weights_name(model_cfg['arch'])
+        return f"timm's ImageNet weights `{source}`"
+    return f'the weights in `{Path(str(init)).name}`'
+
+
+def _pool_text(pool, tasks: list[dict]) -> str:
+    names = ', '.join(f'`{t["name"]}` ({len(t["classes"])} classes)' for t in tasks)
+    which = (
+        'the built-in synthetic demo pool (generated images, not real tissue)'
+        if pool == 'demo'
+        else f'a pool of {len(tasks)} tasks'
+    )
+    return f'{which}: {names}'
+
+
+def run_description(cfg: dict, tasks: list[dict], iteration: int) -> str:
+    """One paragraph saying what the exported weights are: the run's pool, tasks, size, length, start."""
+    size = cfg['data']['size']
+    return (
+        f"A `{cfg['model']['arch']}` backbone trained by mtdp-hub's `training/` driver with the multi-task "
+        f'recipe of Mormont, Geurts and Maree (IEEE JBHI 2021, arXiv:2005.02561) for {iteration} iterations '
+        f'(batch {cfg["data"]["batch_size"]}, {size}x{size} px inputs) on {_pool_text(cfg.get("pool"), tasks)}, '
+        f'starting from {_init_text(cfg["model"])}. One linear head per task is in `heads.safetensors`. '
+        "The weights' licence is for whoever ran the training to choose, within the terms of the pool's datasets "
+        'and of the initial weights.'
+    )
 
 
 def export_run(
@@ -26,24 +60,21 @@ def export_run(
     *,
     overwrite: bool = True,
 ) -> Path:
-    """Export the backbone (+ heads) with a card describing the run (pool, metrics, settings).
+    """Export the backbone (+ heads) with a card and config.json describing the run (pool, metrics,
+    settings): nothing inherited from the architecture's pretrained weights (licence, paper, test
+    size) that is not true of these.
 
     ``overwrite`` (the end-of-run export replaces its own earlier ``RUN/export``) replaces an
     existing ``out_dir``; without it an existing folder is refused.
     """
-    lines = [
-        '## Training run',
-        '',
-        f'Trained with mtdp-hub `training/` for {iteration} iterations '
-        '(multi-task recipe of Mormont et al. 2021).',
-        '',
-        '### Task pool',
-        '',
-        pool_markdown,
-        '',
-    ]
+    lines = ['## Training run', '', '### Task pool', '', pool_markdown or '(not recorded)', '']
     if metrics:
-        lines += ['### Validation metrics (last evaluation)', '', '| metric | value |', '|---|---|']
+        lines += [
+            f'### Validation metrics (last evaluation, iteration {iteration} or before)',
+            '',
+            '| metric | value |',
+            '|---|---|',
+        ]
         lines += [f'| {k} | {v:.4f} |' for k, v in sorted(metrics.items())] + ['']
     settings = {k: cfg[k] for k in ('model', 'optim', 'schedule')} | {
         'data': {'size': cfg['data']['size'], 'batch_size': cfg['data']['batch_size']}
@@ -57,6 +88,9 @@ def export_run(
         class_names={t['name']: t['classes'] for t in tasks},
         card_extra='\n'.join(lines),
         overwrite=overwrite,
+        about=run_description(cfg, tasks, iteration),
+        trained=True,
+        tags=('multi-task',),
     )
 
 

@@ -1,19 +1,58 @@
-"""Options that several ``mtdp`` commands share, defined once."""
+"""Options that several ``mtdp`` commands share, defined once, and the help formatter of every command.
+
+This module is imported whenever the parser is built (``mtdp --help`` included), so it imports
+neither torch nor timm nor :mod:`mtdp_hub.features`: the choices below are plain constants, and
+``tests/hub/test_cli.py`` checks that they equal the values the features code accepts
+(``features.extractor.TTA_VIEWS``, ``features.runtime.PRECISIONS``).
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..features.extractor import TTA_VIEWS
-from ..features.runtime import PRECISIONS
+__all__ = [
+    'HelpFormatter',
+    'Parser',
+    'LAYER_HELP',
+    'MODEL_HELP',
+    'WEIGHTS_HELP',
+    'TTA_CHOICES',
+    'PRECISION_CHOICES',
+    'add_model_options',
+    'add_extraction_options',
+]
+
+TTA_CHOICES = ('none', 'flip3', 'flip4')
+PRECISION_CHOICES = ('auto', 'fp32', 'bf16', 'fp16')
 
 LAYER_HELP = (
     "'pooled' (final pooled features), 'trunc' (stage before last, pooled: "
     'ResNet50 layer3 -> 1024-d, as CLAM) or a stage index'
 )
-
-
 MODEL_HELP = 'timm name, hf-hub:ORG/NAME, local-dir:PATH or random:ARCH'
+WEIGHTS_HELP = (
+    'a local weight file (.safetensors, or a .pth/.bin read without running code) to load instead of '
+    "the model's registered sources"
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, a switch's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or default == []:
+            return action.help or ''
+        if '%(default)' in (action.help or '') or 'default:' in (action.help or ''):
+            return action.help or ''
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help shows defaults; sub-commands made with ``add_parser`` get it too."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
 
 def add_model_options(p: argparse._ActionsContainer) -> None:
@@ -25,8 +64,12 @@ def add_model_options(p: argparse._ActionsContainer) -> None:
 def add_extraction_options(group: argparse._ActionsContainer) -> None:
     """How features are computed: layer, test-time flips, input size, batch, device, precision, workers."""
     group.add_argument('--layer', default='pooled', help=LAYER_HELP)
-    group.add_argument('--tta', default='none', choices=list(TTA_VIEWS), help='average over flipped views')
-    group.add_argument('--img-size', type=int, default=None, help="override the model's input size")
+    group.add_argument(
+        '--tta', default='none', choices=TTA_CHOICES, help='average the features over flipped views'
+    )
+    group.add_argument(
+        '--img-size', type=int, default=None, help="input size in pixels (default: the model's own)"
+    )
     group.add_argument('--batch-size', type=int, default=64, help='extraction batch size')
     group.add_argument(
         '--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
@@ -34,7 +77,7 @@ def add_extraction_options(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         '--precision',
         default='auto',
-        choices=PRECISIONS,
+        choices=PRECISION_CHOICES,
         help='autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)',
     )
     group.add_argument('--workers', type=int, default=None, help='DataLoader workers (default: min(8, CPUs))')

@@ -170,3 +170,43 @@ def test_convert_never_writes_over_its_source_file(original_checkpoint, where):
     with pytest.raises(UnsafeOutputError, match=ckpt.path.name):
         convert_mtdp_checkpoint(ckpt.path, out, overwrite=True)
     assert ckpt.path.read_bytes() == data
+
+
+def _training_checkpoint(tmp_path):
+    """A checkpoint as training/checkpoint.py writes it: ``RUN/checkpoints/ckpt-N.pt``, a dict of plain data."""
+    path = tmp_path / 'runs' / 'r1' / 'checkpoints' / 'ckpt-000000004.pt'
+    path.parent.mkdir(parents=True)
+    state = {
+        'iteration': 4,
+        'model': {'backbone.conv1.weight': torch.zeros(2, 3, 1, 1), 'heads.alpha.weight': torch.zeros(2, 2)},
+        'optimizer': {'state': {}, 'param_groups': []},
+        'scheduler': {},
+        'sampler': {'position': 32},
+        'config': {'model': {'arch': 'resnet18'}},
+        'tasks': [{'name': 'alpha', 'classes': ['a', 'b']}],
+        'pool_markdown': '| task |',
+    }
+    torch.save(state, path)
+    return path
+
+
+def test_convert_points_a_training_checkpoint_to_training_export(tmp_path):
+    path = _training_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        convert_mtdp_checkpoint(path, tmp_path / 'out')
+    text = str(info.value)
+    assert f'python -m training export --run {tmp_path / "runs" / "r1"} --checkpoint {path}' in text
+    assert '\x1b' not in text and 'weights_only' not in text
+    assert not (tmp_path / 'out').exists()
+
+
+def test_torch_refusal_text_is_one_plain_reason(tmp_path):
+    import numpy as np
+
+    path = tmp_path / 'numpy.pth'
+    torch.save({'conv1.weight': np.zeros(3)}, path)  # refused by weights_only: a numpy array
+    with pytest.raises(CheckpointError) as info:
+        convert_mtdp_checkpoint(path, tmp_path / 'out')
+    text = str(info.value)
+    assert str(path) in text and 'numpy' in text
+    assert '\x1b' not in text and 'weights_only' not in text and '\n' not in text

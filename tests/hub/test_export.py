@@ -130,3 +130,32 @@ def test_export_first_recovers_a_folder_lost_in_a_killed_swap(tmp_path):
     with pytest.raises(OutputExistsError):
         export_folder(timm.create_model('resnet18', num_classes=0), tmp_path / 'm')
     assert (tmp_path / 'm' / 'README.md').read_text() == 'the only copy'
+
+
+def test_copy_keeps_the_source_licence_in_config_and_card_alike(tmp_path):
+    model = timm.create_model('resnet18', num_classes=0)  # timm's resnet18.a1_in1k row: apache-2.0
+    folder = export_folder(model, tmp_path / 'copy', about='A copy of resnet18.')
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    card = (folder / 'README.md').read_text()
+    assert cfg['license'] == model.pretrained_cfg['license']
+    assert f'license: {cfg["license"]}\n' in card and f'Licence: `{cfg["license"]}`' in card
+    assert 'A copy of resnet18.' in card and 'pathology' not in card and 'histology' not in card
+    assert f"'local-dir:{folder}'" in card
+
+
+def test_trained_weights_keep_only_architecture_and_preprocessing(tmp_path):
+    model = timm.create_model('resnet18', num_classes=0)
+    folder = export_folder(model, tmp_path / 'new', trained=True, about='Trained here.')
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    assert not {'license', 'paper_ids', 'paper_name', 'test_input_size', 'origin_url', 'tag'} & set(cfg)
+    assert cfg['input_size'] == list(model.pretrained_cfg['input_size'])
+    card = (folder / 'README.md').read_text()
+    assert 'license: other\n' in card and 'Licence: unknown' in card and 'apache' not in card
+
+
+def test_a_stated_licence_is_written_once_consistently(tmp_path):
+    model = timm.create_model('resnet18', num_classes=0)
+    folder = export_folder(model, tmp_path / 'new', trained=True, license='cc-by-4.0')
+    assert json.loads((folder / 'config.json').read_text())['pretrained_cfg']['license'] == 'cc-by-4.0'
+    card = (folder / 'README.md').read_text()
+    assert 'license: cc-by-4.0\n' in card and card.count('apache') == 0

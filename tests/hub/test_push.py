@@ -5,6 +5,7 @@ import timm
 
 from mtdp_hub import push
 from mtdp_hub.export import export_folder
+from mtdp_hub.hubcheck import HubUnreachableError
 
 
 @pytest.fixture
@@ -42,6 +43,10 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
                 ('create_commit', repo_id, [(op.path_in_repo, op.path_or_fileobj) for op in operations])
             )
 
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    monkeypatch.setattr(push, 'check_hub_reachable', lambda what: None)  # as if the Hub answered
     monkeypatch.setattr(push, 'HfApi', FakeApi)
     push.push_folder(folder, 'org/name', dry_run=False, private=True, token='t')
     assert calls == [
@@ -53,3 +58,25 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
             [(name, str(folder / name)) for name in ('README.md', 'config.json', 'model.safetensors')],
         ),
     ]
+
+
+class _NoApi:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError('nothing may be sent')
+
+
+def test_upload_to_an_unreachable_hub_fails_at_once_with_the_offline_hint(folder, closed_hub, monkeypatch):
+    monkeypatch.setattr(push, 'HfApi', _NoApi)
+    with pytest.raises(HubUnreachableError) as info:
+        push.push_folder(folder, 'org/name', dry_run=False)
+    assert closed_hub in str(info.value) and 'HF_HUB_OFFLINE=1' in str(info.value)
+
+
+def test_upload_while_offline_says_so(folder, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(push, 'HfApi', _NoApi)
+    with pytest.raises(HubUnreachableError, match='HF_HUB_OFFLINE'):
+        push.push_folder(folder, 'org/name', dry_run=False)
+    assert push.push_folder(folder, 'org/name')  # a dry run needs no network

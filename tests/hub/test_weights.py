@@ -225,3 +225,44 @@ def test_unreadable_local_file_is_skipped_not_deleted(tmp_path):
     ]
     assert fetch_weights('x.y', sources) == b / 'w.safetensors'
     assert (a / 'w.safetensors').exists()
+
+
+def test_all_sources_failing_names_the_command_line_option(monkeypatch, tmp_path):
+    with pytest.raises(mtdp_hub.WeightsNotFoundError, match='--weights FILE'):
+        fetch_weights('mtdp_resnet50.mtdp22', [WeightSource('local-dir', str(tmp_path), 'none.pth')])
+
+
+def _no_online_download(monkeypatch):
+    """Record hf_hub_download calls; any that would go to the network fails the test."""
+    import mtdp_hub.weights
+
+    calls = []
+    real = mtdp_hub.weights.hf_hub_download
+
+    def download(*args, local_files_only=False, **kwargs):
+        calls.append(local_files_only)
+        assert local_files_only, 'the Hub was asked although it cannot be reached'
+        return real(*args, local_files_only=True, **kwargs)
+
+    monkeypatch.setattr(mtdp_hub.weights, 'hf_hub_download', download)
+    return calls
+
+
+def test_unreachable_hub_fails_at_once_with_the_offline_hint(closed_hub, monkeypatch, tmp_path):
+    calls = _no_online_download(monkeypatch)
+    source = WeightSource('hf-hub', 'org/model', 'model.safetensors')
+    with pytest.raises(mtdp_hub.WeightsNotFoundError) as info:
+        fetch_weights('x.y', [source], cache_dir=tmp_path / 'hf')
+    text = str(info.value)
+    assert 'HubUnreachableError' in text and closed_hub in text and 'HF_HUB_OFFLINE=1' in text
+    assert calls == [True]  # only the local cache was looked at
+
+
+def test_unreachable_hub_still_serves_its_cache(closed_hub, original_checkpoint, monkeypatch, tmp_path):
+    ckpt = original_checkpoint('resnet50')
+    folder = mtdp_hub.convert.convert_mtdp_checkpoint(ckpt.path, tmp_path / 'export')
+    populate_hf_cache(tmp_path / 'hf', 'org/model', folder)
+    calls = _no_online_download(monkeypatch)
+    source = WeightSource('hf-hub', 'org/model', 'model.safetensors')
+    path = fetch_weights('x.y', [source], cache_dir=tmp_path / 'hf')
+    assert path.read_bytes() == (folder / 'model.safetensors').read_bytes() and calls == [True]

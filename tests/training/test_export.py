@@ -123,3 +123,57 @@ def test_export_refuses_an_existing_out_without_overwrite(tmp_path, capsys):
     rc, err = _export_cli(['--run', str(run), '--out', str(out)], capsys)
     assert rc == 2 and str(out) in err and '--overwrite' in err
     assert (out / 'keep.txt').read_text() == 'mine'
+
+
+def _demo_like_export(tmp_path, arch='resnet18'):
+    """What the end of a demo run exports: resnet18 from random weights at 48 px, three tasks."""
+    from training.export import export_run
+    from training.model import set_training_preprocessing
+
+    tasks = [
+        {'name': 'demo_tint', 'classes': ['haematoxylin', 'eosin', 'dab']},
+        {'name': 'demo_stripes', 'classes': ['horizontal', 'vertical']},
+    ]
+    backbone = create_backbone(arch, 'random')
+    set_training_preprocessing(backbone, 48)
+    net = MultiTaskNet(backbone, {t['name']: len(t['classes']) for t in tasks})
+    cfg = {
+        'pool': 'demo',
+        'model': {'arch': arch, 'init': 'random'},
+        'optim': {'lr': 0.01},
+        'schedule': {'iterations': 200},
+        'data': {'size': 48, 'batch_size': 32},
+    }
+    pool_md = '| task | classes | train | val |\n|---|---|---|---|\n| demo_tint | 3 | 120 | 48 |'
+    metrics = {'val/demo_tint/acc': 0.75}
+    return export_run(net, tasks, tmp_path / 'export', cfg, metrics, pool_md, 200)
+
+
+def test_training_export_config_holds_nothing_inherited_from_timm_weights(tmp_path):
+    folder = _demo_like_export(tmp_path)
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    assert cfg['input_size'] == [3, 48, 48]  # the run's size
+    assert not {'license', 'paper_ids', 'paper_name', 'test_input_size', 'origin_url', 'hf_hub_id'} & set(cfg)
+    text = (folder / 'config.json').read_text()
+    assert 'apache' not in text and '2110.00476' not in text and '288' not in text
+
+
+def test_training_export_card_describes_the_run(tmp_path):
+    folder = _demo_like_export(tmp_path)
+    card = (folder / 'README.md').read_text()
+    meta = card.split('---')[1]
+    assert 'pathology' not in meta and 'histology' not in meta and 'license: other' in meta
+    for fact in (
+        'synthetic demo pool',
+        '`demo_tint` (3 classes)',
+        '`demo_stripes` (2 classes)',
+        '200 iterations',
+        '48x48 px',
+        'random initialisation',
+        '| demo_tint | 3 | 120 | 48 |',  # the pool's image counts
+        'val/demo_tint/acc | 0.7500',
+        f"'local-dir:{folder}'",
+        'Licence: unknown',
+    ):
+        assert fact in card, fact
+    assert 'on pathology patches' not in card and 'MIT' not in card and 'mit' not in meta

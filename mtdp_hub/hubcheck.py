@@ -1,0 +1,105 @@
+"""Fail within seconds, with a hint, when the Hugging Face Hub cannot be reached.
+
+Without a network, ``huggingface_hub`` retries each request with back-off (about 20 s per file)
+before it falls back to its cache or fails. Every place here that talks to the Hub first opens one
+TCP connection to the endpoint (``HF_ENDPOINT``, through the proxy when one is set), bounded by
+:data:`CONNECT_TIMEOUT_S` including the name lookup; when that fails the caller uses the local
+cache only or stops with :class:`HubUnreachableError`, whose message suggests ``HF_HUB_OFFLINE=1``.
+Torch-free; ``huggingface_hub`` is imported when a check runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import urllib.parse
+import urllib.request
+
+from .errors import MtdpError
+
+__all__ = [
+    'CONNECT_TIMEOUT_S',
+    'OFFLINE_HINT',
+    'HubUnreachableError',
+    'hub_offline',
+    'check_hub_reachable',
+    'check_model_reachable',
+]
+
+CONNECT_TIMEOUT_S = 3.0
+OFFLINE_HINT = 'set HF_HUB_OFFLINE=1 to use only what is already in the Hugging Face cache'
+
+
+class HubUnreachableError(MtdpError, ConnectionError):
+    """The Hugging Face Hub's endpoint cannot be reached (no network, a firewall, a wrong HF_ENDPOINT)."""
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _target(endpoint: str) -> tuple[str, int, str]:
+    """(host, port, description) of the first hop towards ``endpoint``: the proxy when one applies."""
+    parts = urllib.parse.urlsplit(endpoint)
+    host, port = parts.hostname or '', parts.port or (443 if parts.scheme == 'https' else 80)
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
+    if proxy:
+        p = urllib.parse.urlsplit(proxy if '://' in proxy else f'http://{proxy}')
+        return p.hostname or '', p.port or 80, f'{endpoint} through the proxy {p.hostname}:{p.port or 80}'
+    return host, port, endpoint
+
+
+def _connects(host: str, port: int, timeout: float) -> BaseException | None:
+    """``None`` when a TCP connection opens within ``timeout`` s (name lookup included), else why not."""
+    result: queue.Queue = queue.Queue()
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.put(None)
+        except OSError as e:
+            result.put(e)
+
+    threading.Thread(target=attempt, daemon=True).start()  # a name lookup has no timeout of its own
+    try:
+        return result.get(timeout=timeout + 0.5)
+    except queue.Empty:
+        return TimeoutError(f'no answer within {timeout:g} s')
+
+
+def check_hub_reachable(what: str) -> None:
+    """Raise :class:`HubUnreachableError` naming ``what`` unless the Hub's endpoint accepts a connection."""
+    from huggingface_hub import constants
+
+    host, port, where = _target(constants.ENDPOINT)
+    problem = _connects(host, port, CONNECT_TIMEOUT_S)
+    if problem is not None:
+        raise HubUnreachableError(
+            f'{what}: cannot reach the Hugging Face Hub at {where} ({type(problem).__name__}: {problem}); '
+            f'{OFFLINE_HINT}'
+        )
+
+
+def check_model_reachable(spec: str) -> None:
+    """Before timm loads the weights of a model spec from the Hub (``hf-hub:ORG/NAME``, or a timm name
+    whose weights are on the Hub), raise :class:`HubUnreachableError` within seconds when the Hub cannot
+    be reached. ``local-dir:``, ``random:`` and ``mtdp_*`` (checked by :mod:`mtdp_hub.weights`) pass."""
+    if hub_offline() or spec.startswith(('local-dir:', 'random:')):
+        return
+    if spec.startswith('hf-hub:'):
+        repo = spec[len('hf-hub:') :]
+    else:
+        from timm.models import get_pretrained_cfg
+
+        try:
+            cfg = get_pretrained_cfg(spec)
+        except Exception:  # an unknown name is reported by whoever creates the model
+            return
+        if cfg is None or not cfg.hf_hub_id or str(cfg.architecture).startswith('mtdp_'):
+            return
+        repo = cfg.hf_hub_id
+    check_hub_reachable(f'{spec} (weights on the Hugging Face Hub, {repo})')
