@@ -39,6 +39,7 @@ def test_demo_command_trains_exports_and_beats_chance(tmp_path):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert '\r' not in r.stdout + r.stderr  # captured output: plain lines, no progress bars
     found = re.findall(
         r'reloaded export, (\w+) \((\d) classes, chance [\d.]+\): val accuracy ([\d.]+)', r.stdout
     )
