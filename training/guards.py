@@ -102,11 +102,11 @@ def checked_recalibration_batches(
     ranks, so that every rank stops at the same batch.
     """
     layers = {m: name for name, m in model.named_modules() if m in set(_bn_layers(model))}
-    first_bad: dict[str, torch.Tensor] = {}
+    layer_ok: dict[str, torch.Tensor] = {}  # per BN layer: all its inputs finite in this batch
 
     def hook(module, inputs):
         ok = torch.isfinite(inputs[0].detach().sum(dtype=torch.float32))
-        first_bad[layers[module]] = first_bad[layers[module]] & ok if layers[module] in first_bad else ok
+        layer_ok[layers[module]] = layer_ok[layers[module]] & ok if layers[module] in layer_ok else ok
 
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     try:
@@ -118,9 +118,10 @@ def checked_recalibration_batches(
                     f'BN re-calibration batch {k + 1}: non-finite network input {where}; nothing was '
                     f'changed in the model{":" + _listing([names[k][j] for j in bad]) if bad else ""}'
                 )
-            first_bad.clear()
+            layer_ok.clear()
             yield x
-            broken = [name for name, ok in first_bad.items() if not bool(ok)]
+            oks = torch.stack(list(layer_ok.values())).tolist() if layer_ok else []  # one sync
+            broken = [name for name, ok in zip(layer_ok, oks) if not ok]
             if any_rank(bool(broken)):
                 where = (
                     f'at {", ".join(broken[:5])}{" ..." if len(broken) > 5 else ""}'
