@@ -97,7 +97,7 @@ def checked_recalibration_batches(
     Before a batch is handed over its inputs are checked; once the model has run it (when the next
     batch is asked for, or at the end, before the statistics are written) every BN layer's input
     is checked through forward pre-hooks. A bad batch raises :class:`NonFiniteBatchError` naming
-    ``names[k]``, its images, and the re-calibration stops with the model untouched. One host sync
+    ``names[k]``, its images, and the re-calibration stops with the model untouched. Two host syncs
     per batch (re-calibration runs a few dozen batches, once); ``any_rank`` ORs a flag over the
     ranks, so that every rank stops at the same batch.
     """
