@@ -10,13 +10,14 @@ Torch-free; ``huggingface_hub`` is imported when a check runs.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
 import urllib.parse
 import urllib.request
 
-from .errors import MtdpError
+from .errors import MtdpError, WeightsNotFoundError
 
 __all__ = [
     'CONNECT_TIMEOUT_S',
@@ -25,6 +26,7 @@ __all__ = [
     'hub_offline',
     'check_hub_reachable',
     'check_model_reachable',
+    'hub_errors',
 ]
 
 CONNECT_TIMEOUT_S = 3.0
@@ -103,3 +105,27 @@ def check_model_reachable(spec: str) -> None:
             return
         repo = cfg.hf_hub_id
     check_hub_reachable(f'{spec} (weights on the Hugging Face Hub, {repo})')
+
+
+@contextlib.contextmanager
+def hub_errors(what: str):
+    """Turn huggingface_hub's errors raised inside the block (a file missing from the cache while offline,
+    an unknown repo or file, an HTTP error) into one-line :class:`~mtdp_hub.errors.WeightsNotFoundError`
+    naming ``what``."""
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        yield
+    except LocalEntryNotFoundError as e:
+        why = 'HF_HUB_OFFLINE is set and they are not' if hub_offline() else 'they are neither online nor'
+        raise WeightsNotFoundError(f'{what}: no weights: {why} in the local Hugging Face cache') from e
+    except (RepositoryNotFoundError, EntryNotFoundError, HfHubHTTPError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+        raise WeightsNotFoundError(
+            f'{what}: the Hugging Face Hub refused: {type(e).__name__}: {first}'
+        ) from e

@@ -67,14 +67,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from ..errors import InvalidOptionError
     from ..export import export_folder
     from ..features.specs import RANDOM_PREFIX, check_spec, is_random, load_backbone
-    from ..hubcheck import check_model_reachable
+    from ..hubcheck import check_model_reachable, hub_errors
 
     check_spec(args.model)
     if not args.weights:
         check_model_reachable(args.model)  # seconds, not huggingface_hub's retries, without a network
     if is_random(args.model) and args.weights:
         raise InvalidOptionError(f'{args.model}: a random: model takes no --weights')
-    model = load_backbone(args.model, seed=args.seed, weights=args.weights)
+    with hub_errors(args.model):
+        model = load_backbone(args.model, seed=args.seed, weights=args.weights)
     cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
     arch = cfg.get('architecture') or args.model.removeprefix(RANDOM_PREFIX)
     if is_random(args.model):

@@ -199,3 +199,13 @@ def test_errors_are_printed_without_terminal_codes(tmp_path, capsys, monkeypatch
     assert main(['convert', str(tmp_path / 'x.pth'), '--out', str(tmp_path / 'o')]) == 2
     err = capsys.readouterr().err
     assert '\x1b' not in err and 'do this only if you trust it' in err
+
+
+def test_export_of_uncached_hub_weights_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
+    assert main(['export', 'hf-hub:org/none', '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'hf-hub:org/none' in err and 'HF_HUB_OFFLINE is set' in err
