@@ -165,7 +165,7 @@ class _Data:
 
 
 def _open_run(cfg: Config, d: Dist) -> _Run:
-    """Create the run folder, find a checkpoint to resume from (``run.resume: auto``), save the config."""
+    """Create the run folder and its monitor (``log.txt`` from here on)."""
     run_dir = run_dir_of(cfg)
     if cfg.run.threads and d.device.type == 'cpu':
         torch.set_num_threads(cfg.run.threads)
@@ -174,7 +174,12 @@ def _open_run(cfg: Config, d: Dist) -> _Run:
         ckpt.clean_partial(run_dir / 'checkpoints')
     d.barrier()
     monitor = Monitor(run_dir, d.is_main, 0, cfg.schedule.iterations, cfg.run.progress, cfg.run.tensorboard)
-    run = _Run(run_dir, monitor, None)
+    return _Run(run_dir, monitor, None)
+
+
+def _resume_or_save_config(cfg: Config, d: Dist, run: _Run) -> None:
+    """Find a checkpoint to resume from (``run.resume: auto``) and check it fits ``cfg``; save the config."""
+    run_dir, monitor = run.dir, run.monitor
     if cfg.run.resume == 'auto':
         found = ckpt.latest_checkpoint(run.checkpoints, log=monitor.log)
         if found is not None:
@@ -200,7 +205,6 @@ def _open_run(cfg: Config, d: Dist) -> _Run:
         )
     if d.is_main:
         save_config(cfg, run_dir / 'config.yaml')
-    return run
 
 
 def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
@@ -439,6 +443,7 @@ def _train(cfg: Config, d: Dist) -> dict:
     try:
         run = _open_run(cfg, d)
         try:
+            _resume_or_save_config(cfg, d, run)
             cfg = _cap_workers(cfg, run.monitor.log)
             backbone, rng = _build_backbone(cfg, run)  # before the image scan: it fails fast
             data = _build_data(cfg, d, run)

@@ -11,7 +11,7 @@ import pytest
 
 from training import __main__ as cli
 from training import loop, preflight
-from training.config import Config, config_keys
+from training.config import Config, ConfigError, config_keys
 from training.data import scan_pool
 from training.model import WeightsUnavailableError
 from training.monitor import Monitor
@@ -149,3 +149,12 @@ def test_the_scan_command_caps_its_workers_too(tiny_pool, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert '--workers 3 capped at 1: the CPUs available' in captured.err
     assert '44 images checked in 3 tasks, 0 undecodable' in captured.out
+
+
+def test_a_refused_resume_is_written_to_log_txt(tiny_config):
+    short = {'iterations': 2, 'warmup_iterations': 1, 'checkpoint_every': 1, 'bn_recalibration_batches': 1}
+    loop.main(tiny_config(schedule=short))
+    changed = tiny_config(schedule=short, optim={'lr': 0.5})
+    with pytest.raises(ConfigError, match='was trained with other settings') as e:
+        loop.main(changed)
+    assert f'error: {e.value}' in (loop.run_dir_of(changed) / 'log.txt').read_text()
