@@ -51,7 +51,8 @@ _INCLUDE = re.compile(r'<!--\s*include:\s*(?P<name>[\w.-]+)\s*-->')
 
 # pretrained_cfg keys true of any weights of an architecture: its layout and its preprocessing.
 # Everything else (licence, paper, test-time size, description, sources) describes one set of
-# weights, and is kept only when the folder holds those very weights.
+# weights, and is kept only when the folder holds those very weights; pool_size too, as it holds
+# for the original input size only.
 ARCHITECTURE_KEYS = (
     'input_size',
     'fixed_input_size',
@@ -62,7 +63,6 @@ ARCHITECTURE_KEYS = (
     'mean',
     'std',
     'num_classes',
-    'pool_size',
     'first_conv',
     'classifier',
 )

@@ -152,7 +152,7 @@ def _demo_like_export(tmp_path, arch='resnet18'):
 def test_training_export_config_holds_nothing_inherited_from_timm_weights(tmp_path):
     folder = _demo_like_export(tmp_path)
     cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
-    assert cfg['input_size'] == [3, 48, 48]  # the run's size
+    assert cfg['input_size'] == [3, 48, 48] and 'pool_size' not in cfg  # the run's size; 7x7 was 224 px's
     assert not {'license', 'paper_ids', 'paper_name', 'test_input_size', 'origin_url', 'hf_hub_id'} & set(cfg)
     text = (folder / 'config.json').read_text()
     assert 'apache' not in text and '2110.00476' not in text and '288' not in text
