@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..catalog import ENV_WEIGHTS_DIR, RELEASES, local_weights
-from .options import MODEL_HELP, WEIGHTS_HELP
+from .options import MODEL_HELP, add_weights_option
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -131,7 +131,7 @@ def add_cli(sub) -> None:
 
     p = sub.add_parser('export', help='any loadable timm model -> Hugging Face folder of its backbone')
     p.add_argument('model', help=MODEL_HELP)
-    p.add_argument('--weights', default=None, help=WEIGHTS_HELP)
+    add_weights_option(p)
     p.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
     p.add_argument('--out', required=True, help='folder to write')
     p.add_argument('--overwrite', action='store_true', help='replace an existing folder')

@@ -19,6 +19,7 @@ __all__ = [
     'TTA_CHOICES',
     'PRECISION_CHOICES',
     'add_model_options',
+    'add_weights_option',
     'add_extraction_options',
 ]
 
@@ -59,6 +60,11 @@ def add_model_options(p: argparse._ActionsContainer) -> None:
     """Which backbone: ``--model`` (a spec) and ``--seed`` (the initialisation of ``random:ARCH``)."""
     p.add_argument('--model', required=True, help=MODEL_HELP)
     p.add_argument('--seed', type=int, default=0, help='initialisation seed for random:ARCH')
+
+
+def add_weights_option(p: argparse._ActionsContainer) -> None:
+    """``--weights FILE``: a local weight file instead of the model's registered sources."""
+    p.add_argument('--weights', default=None, metavar='FILE', help=WEIGHTS_HELP)
 
 
 def add_extraction_options(group: argparse._ActionsContainer) -> None:
