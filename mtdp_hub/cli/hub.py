@@ -85,7 +85,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
         kwargs = dict(about=about, trained=True, tags=('random-init',))
     else:
-        kwargs = dict(about=_copy_description(args.model, cfg, args.weights))
+        # A --weights file is not what the registry row (licence, paper, ...) describes.
+        kwargs = dict(about=_copy_description(args.model, cfg, args.weights), trained=bool(args.weights))
         if arch.startswith('mtdp_') and cfg.get('tag') and not args.weights:
             kwargs['model_name'] = f'{arch}.{cfg["tag"]}'  # the released model's own card
     _print_checksums(export_folder(model, args.out, overwrite=args.overwrite, **kwargs))

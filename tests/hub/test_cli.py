@@ -209,3 +209,26 @@ def test_export_of_uncached_hub_weights_offline_is_one_line(tmp_path, capsys, mo
     assert main(['export', 'hf-hub:org/none', '--out', str(tmp_path / 'o')]) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'hf-hub:org/none' in err and 'HF_HUB_OFFLINE is set' in err
+
+
+def test_export_with_a_weight_file_claims_nothing_of_the_registry_row(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    mine = timm.create_model('resnet18', num_classes=0)
+    save_file(mine.state_dict(), str(tmp_path / 'mine.safetensors'))
+    argv = [
+        'export',
+        'resnet18',
+        '--weights',
+        str(tmp_path / 'mine.safetensors'),
+        '--out',
+        str(tmp_path / 'o'),
+    ]
+    assert main(argv) == 0
+    cfg = json.loads((tmp_path / 'o' / 'config.json').read_text())['pretrained_cfg']
+    assert not {'license', 'paper_ids', 'test_input_size'} & set(cfg)
+    card = (tmp_path / 'o' / 'README.md').read_text()
+    assert 'the weight file `mine.safetensors`' in card and 'Licence: unknown' in card
+    reloaded = timm.create_model(f'local-dir:{tmp_path / "o"}', pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), mine.state_dict().values()))
