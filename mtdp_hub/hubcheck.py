@@ -73,11 +73,12 @@ def _connects(host: str, port: int, timeout: float) -> BaseException | None:
         return TimeoutError(f'no answer within {timeout:g} s')
 
 
-def check_hub_reachable(what: str) -> None:
-    """Raise :class:`HubUnreachableError` naming ``what`` unless the Hub's endpoint accepts a connection."""
+def check_hub_reachable(what: str, endpoint: str | None = None) -> None:
+    """Raise :class:`HubUnreachableError` naming ``what`` unless the Hub's endpoint (default: ``HF_ENDPOINT``
+    as huggingface_hub reads it) accepts a connection."""
     from huggingface_hub import constants
 
-    host, port, where = _target(constants.ENDPOINT)
+    host, port, where = _target(endpoint or constants.ENDPOINT)
     problem = _connects(host, port, CONNECT_TIMEOUT_S)
     if problem is not None:
         raise HubUnreachableError(

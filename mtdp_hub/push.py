@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.utils import OfflineModeIsEnabled
 from safetensors import safe_open
 
 from .errors import InputNotFoundError, ModelFolderError
@@ -122,16 +123,20 @@ def push_folder(
     files = check_folder(folder)
     if dry_run:
         return files
-    if hub_offline():
-        raise HubUnreachableError(f'cannot upload to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload')
-    check_hub_reachable(f'uploading to {repo_id}')  # seconds, not huggingface_hub's retries
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
-    api.create_commit(
-        repo_id,
-        [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
-        repo_type='model',
-        revision=revision,
-        commit_message=commit_message,
-    )
+    if not hub_offline():  # offline, huggingface_hub refuses every request at once (below)
+        check_hub_reachable(f'uploading to {repo_id}', api.endpoint)  # seconds, not its retries
+    try:
+        api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
+        api.create_commit(
+            repo_id,
+            [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
+            repo_type='model',
+            revision=revision,
+            commit_message=commit_message,
+        )
+    except OfflineModeIsEnabled as e:
+        raise HubUnreachableError(
+            f'cannot upload to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload'
+        ) from e
     return files

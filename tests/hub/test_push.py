@@ -32,6 +32,8 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
     calls = []
 
     class FakeApi:
+        endpoint = 'https://hub.example'
+
         def __init__(self, token=None):
             calls.append(('init', token))
 
@@ -46,7 +48,7 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
-    monkeypatch.setattr(push, 'check_hub_reachable', lambda what: None)  # as if the Hub answered
+    monkeypatch.setattr(push, 'check_hub_reachable', lambda what, endpoint: None)  # as if it answered
     monkeypatch.setattr(push, 'HfApi', FakeApi)
     push.push_folder(folder, 'org/name', dry_run=False, private=True, token='t')
     assert calls == [
@@ -61,7 +63,12 @@ def test_upload_goes_through_hfapi(folder, monkeypatch):
 
 
 class _NoApi:
+    endpoint = None  # huggingface_hub's own default
+
     def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
         raise AssertionError('nothing may be sent')
 
 
@@ -75,8 +82,7 @@ def test_upload_to_an_unreachable_hub_fails_at_once_with_the_offline_hint(folder
 def test_upload_while_offline_says_so(folder, monkeypatch):
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    monkeypatch.setattr(push, 'HfApi', _NoApi)
-    with pytest.raises(HubUnreachableError, match='HF_HUB_OFFLINE'):
-        push.push_folder(folder, 'org/name', dry_run=False)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)  # the real HfApi refuses every request
+    with pytest.raises(HubUnreachableError, match='HF_HUB_OFFLINE is set'):
+        push.push_folder(folder, 'org/name', dry_run=False, token='not-used')
     assert push.push_folder(folder, 'org/name')  # a dry run needs no network
