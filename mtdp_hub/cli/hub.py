@@ -14,14 +14,16 @@ from .options import MODEL_HELP, add_weights_option
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    found = {name: local_weights(name) for name in sorted(RELEASES)}
     rows = [('MODEL', 'LOCAL WEIGHTS', 'HUB REPO', 'DESCRIPTION')]
-    for name, release in sorted(RELEASES.items()):
-        found = local_weights(name)
-        rows.append((name, str(found[0]) if found else 'no', release.hf_hub_id, release.summary))
+    for name, files in found.items():
+        rows.append(
+            (name, str(files[0]) if files else 'no', RELEASES[name].hf_hub_id, RELEASES[name].summary)
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print('  '.join(cell.ljust(w) for cell, w in zip(row, widths)) + '  ' + row[3])
-    if not any(local_weights(name) for name in RELEASES):
+    if not any(found.values()):
         print(
             f'\nNo weights found locally. Put the original files in a folder and set {ENV_WEIGHTS_DIR} to it, '
             'or pass --weights FILE (mtdp extract / evaluate / export).'
