@@ -9,7 +9,7 @@ works as before.
 
 Layers, each importing only those above it in this list:
 
-- core: :mod:`.errors`, :mod:`._io`, :mod:`.catalog`, :mod:`.state_dict`, :mod:`.weights`,
+- core: :mod:`.errors`, :mod:`._io`, :mod:`.catalog`, :mod:`.hubcheck`, :mod:`.state_dict`, :mod:`.weights`,
   :mod:`.models`, :mod:`.heads`, :mod:`.export`, :mod:`.convert`, :mod:`.push`, :mod:`.hub`,
   :mod:`.images`, :mod:`.tasks`;
 - :mod:`.features`: backbones from model specs, extraction (torch + timm only);
