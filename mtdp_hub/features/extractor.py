@@ -1,14 +1,23 @@
-"""The model side of extraction: a backbone with its preprocessing, layer, TTA, device and precision."""
+"""The model side of extraction: a backbone with its preprocessing, layer, TTA, device and precision.
+
+Preprocessing is split in two (:mod:`.pixels`): :attr:`FeatureExtractor.pixel_transform` (PIL image
+-> resized, cropped uint8 CHW tensor) runs in DataLoader workers, and the normalisation runs on the
+model's device on whole batches (:attr:`FeatureExtractor.normalise`). :attr:`FeatureExtractor.transform`
+is timm's own eval transform (float, normalised), kept as the reference the uint8 path is tested
+against and for callers that preprocess images themselves.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import torch
 from PIL import Image
 
 from ..errors import InvalidOptionError
+from .pixels import Normalise, uint8_eval_transform
 from .runtime import autocast, autocast_dtype, pick_device, precision_name
 from .specs import (
     data_config,
@@ -44,9 +53,15 @@ class FeatureExtractor:
     layer: ``'pooled'`` (the model's pooled final features), ``'trunc'`` (the stage before the last,
     average pooled: layer3 of a ResNet50 -> 1024-d, as CLAM), or a stage index into ``feature_info``.
     tta: ``'none'``, ``'flip3'`` (identity, h-flip, v-flip) or ``'flip4'`` (+ both), averaged.
+    weights: a local weight file (safetensors, or ``.pth`` / ``.bin`` read with ``weights_only``)
+    loaded instead of the model's registered sources; provenance records its path and SHA-256.
     source_mpp: the microns per pixel of the images; they are first resized to ``mpp`` (the scale
     the features are wanted at, by default the one the model's pretrained config records), so that
     patches scanned at another magnification reach the model at its scale.
+
+    Preprocessing: ``pixel_transform`` (PIL -> uint8 CHW: rescale, resize, crop) for the
+    DataLoader workers, ``normalise`` (uint8 batch -> normalised float on the device) for whole
+    batches; ``transform`` is timm's float transform, the same numbers to float rounding.
     """
 
     def __init__(
@@ -63,31 +78,43 @@ class FeatureExtractor:
         model: torch.nn.Module | None = None,
         source_mpp: float | None = None,
         mpp: float | None = None,
+        weights: str | os.PathLike | None = None,
     ):
         if tta not in TTA_VIEWS:
             raise InvalidOptionError(f'tta must be one of {sorted(TTA_VIEWS)}, not {tta!r}')
         self.spec, self.seed, self.layer, self.tta = spec, seed, str(layer), tta
+        self.weights = None if weights is None else str(weights)
         self._provenance: dict[str, Any] | None = None
         self.device = pick_device(device)
         self.amp_dtype = autocast_dtype(precision, self.device)
-        self.model = (model if model is not None else load_backbone(spec, seed=seed)).eval().to(self.device)
+        if model is None:
+            model = load_backbone(spec, seed=seed, weights=weights)
+        self.model = model.eval().to(self.device)
         self.channels_last = self.device.type == 'cuda' if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.stage = self._stage_index()
         self.data_config = data_config(self.model, img_size)
         self.transform = eval_transform(self.data_config)
+        self.pixel_transform, mean, std = uint8_eval_transform(self.transform)
+        self.normalise = Normalise(mean, std, self.device, self.memory_format)
         if source_mpp is not None:
-            target = mpp or (getattr(self.model, 'pretrained_cfg', None) or {}).get('mpp')
-            if target is None:
-                raise InvalidOptionError(
-                    f'{spec} records no input scale (the mtdp_* pool mixed scales): give the wanted scale '
-                    'with --mpp (e.g. 0.5 for ~20x)'
-                )
-            if not (source_mpp > 0 and target > 0):
-                raise InvalidOptionError(f'microns per pixel must be positive, got {source_mpp} and {target}')
-            self.data_config.update(source_mpp=float(source_mpp), target_mpp=float(target))
-            self.transform = Rescale(source_mpp / target, self.transform)
+            factor = self._rescale_factor(source_mpp, mpp)
+            self.transform = Rescale(factor, self.transform)
+            self.pixel_transform = Rescale(factor, self.pixel_transform)
+
+    def _rescale_factor(self, source_mpp: float, mpp: float | None) -> float:
+        target = mpp or (getattr(self.model, 'pretrained_cfg', None) or {}).get('mpp')
+        if target is None:
+            raise InvalidOptionError(
+                f'{self.spec} records no input scale (the mtdp_* pool mixed scales): give the wanted scale '
+                'with --mpp (e.g. 0.5 for ~20x)'
+            )
+        if not (source_mpp > 0 and target > 0):
+            raise InvalidOptionError(f'microns per pixel must be positive, got {source_mpp} and {target}')
+        self.data_config.update(source_mpp=float(source_mpp), target_mpp=float(target))
+        return source_mpp / target
 
     def _stage_index(self) -> int | None:
         if self.layer == 'pooled':
@@ -133,13 +160,25 @@ class FeatureExtractor:
         )[0]
         return feats.mean(dim=(2, 3)) if feats.ndim == 4 else feats.mean(dim=1)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the device, in the model's memory format, normalised: a uint8 batch (N, 3, H, W)
+        is normalised here; a float batch is taken as already normalised. Nothing waits for the device."""
+        if x.dtype == torch.uint8:
+            return self.normalise(x)
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Features (float32, on CPU) of a normalised batch ``x`` (N, 3, H, W)."""
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def device_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (float32) of the batch ``x`` (see :meth:`prepare`), left on the device, no host sync."""
+        x = self.prepare(x)
         views = [x, x.flip(3), x.flip(2), x.flip((2, 3))][: TTA_VIEWS[self.tta]]
         with autocast(self.device, self.amp_dtype):
             out = sum(self._forward(v).float() for v in views) / len(views)
-        return out.float().cpu()
+        return out.float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (float32, on CPU) of a batch ``x`` (N, 3, H, W): uint8 pixels as
+        :attr:`pixel_transform` gives them (normalised on the device), or a float batch already
+        normalised (as :attr:`transform` gives it). Waits for the device: for a stream of batches,
+        :func:`~mtdp_hub.features.pipeline.stream_features` keeps several in flight instead."""
+        return self.device_features(x).cpu()

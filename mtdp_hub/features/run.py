@@ -4,7 +4,11 @@ A rerun on the same output with the same provenance skips the images already don
 the rest; the file is rewritten atomically, also every ``save_every`` new images, so an
 interrupted run resumes. Unreadable images are skipped (``on_error='skip'``, the default),
 counted and listed under ``failed`` in the output's metadata, or stop the run
-(``on_error='error'``) after saving progress.
+(``on_error='error'``, naming the image) after saving progress. No file is written before the
+first feature: a run that fails before any (or in which no image can be read) leaves nothing.
+
+The data path (uint8 from the workers, normalised on the device, several batches in flight, no
+host sync per batch) is :mod:`.pipeline`'s; the rows are written a few batches behind the device.
 
 Safety: the output is checked before any work (suffix ``.safetensors``/``.parquet``, not a
 folder, its folder writable, an existing file readable as a features file unless
@@ -34,6 +38,7 @@ from safetensors import SafetensorError
 from .._io import clean_leftovers, try_lock
 from ..errors import FeatureFileError, InvalidOptionError, UnreadableImageError
 from .extractor import FeatureExtractor
+from .pipeline import loader_settings, stream_features
 from .sources import ImageSource, make_source
 from .store import merge_rows, read_features, read_meta, write_features
 
@@ -76,13 +81,22 @@ def _collate(batch):
 
 
 def _progress(total: int, enabled: bool, desc: str):
+    """A tqdm bar on a terminal only (``disable=None``): a captured log gets no carriage returns."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:  # the bar is a nicety; extraction works without the eval extra
         return None
-    return tqdm(total=total, unit='img', desc=desc, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, unit='img', desc=desc, dynamic_ncols=True, file=sys.stderr, disable=None)
+
+
+def _summary(spec: str, stats: dict, output: Path) -> str:
+    rate = f', {stats["img_per_s"]} img/s' if stats.get('img_per_s') else ''
+    return (
+        f'extract {spec}: {stats["n_new"]} new, {stats["n_skipped_done"]} already done, '
+        f'{stats["n_failed"]} unreadable, {stats["seconds"]} s{rate} -> {output}'
+    )
 
 
 class NonFiniteFeaturesError(FeatureFileError):
@@ -161,19 +175,17 @@ def _resume(output: Path, prov: dict, source: ImageSource, fingerprints: dict[st
     return rows, old.failed, list(old.meta.get('runs', [])), old_fps
 
 
-def _loader(source: ImageSource, todo: list[int], extractor, batch_size: int, num_workers: int | None):
-    if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1)
-    return torch.utils.data.DataLoader(
-        _ExtractionDataset(source, todo, extractor.transform),
+def _batches(source: ImageSource, todo: list[int], extractor, batch_size: int, num_workers: int | None):
+    """``((indices, errors), uint8 batch or None)`` from DataLoader workers, for :func:`stream_features`."""
+    loader = torch.utils.data.DataLoader(
+        _ExtractionDataset(source, todo, extractor.pixel_transform),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
         collate_fn=_collate,
-        pin_memory=extractor.device.type == 'cuda',
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers > 0 else None,
+        **loader_settings(extractor.device, num_workers),
     )
+    for idx, x, errors in loader:
+        yield (idx, errors), x
 
 
 def _finite_or_raise(output: Path, feats: np.ndarray, keys: list[str], save) -> None:
@@ -225,6 +237,8 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
     stats['n_failed'] = 0
 
     def save() -> None:
+        if not rows:  # nothing extracted yet: no file (an existing output is left as it is)
+            return
         run = dict(started=started, n_new=stats['n_new'], n_failed=stats['n_failed'])
         run['img_per_s'] = stats.get('img_per_s')
         done = {k: v for k, v in {**old_fps, **fps}.items() if k in rows and v is not None}
@@ -247,23 +261,17 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
     bar = _progress(len(todo), progress, f'extract {extractor.spec}')
     t0, since_save = time.perf_counter(), 0
     try:
-        for idx, x, errors in _loader(source, todo, extractor, batch_size, num_workers):
-            for i, reason in errors:
-                key = source.keys[i]
-                failed[key] = reason
-                stats['n_failed'] += 1
-                if on_error == 'error':
-                    save()
-                    raise UnreadableImageError(key, reason)
-                print(f'skipping unreadable image {key}: {reason}', file=sys.stderr)
-            if x is not None:
-                feats = extractor(x).numpy()
+        batches = _batches(source, todo, extractor, batch_size, num_workers)
+        for (idx, errors), feats in stream_features(extractor, batches):
+            if feats is not None:
                 _finite_or_raise(output, feats, [source.keys[i] for i in idx], save)
                 for i, f in zip(idx, feats):
                     rows[source.keys[i]] = (f, source.label_names[i])
                     failed.pop(source.keys[i], None)
                 stats['n_new'] += len(idx)
                 since_save += len(idx)
+            for i, reason in errors:
+                _unreadable(source.keys[i], reason, failed, stats, on_error, save)
             if bar is not None:
                 bar.update(len(idx) + len(errors))
             if since_save >= save_every:
@@ -275,9 +283,31 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
     elapsed = time.perf_counter() - t0
     stats['seconds'] = round(elapsed, 3)
     stats['img_per_s'] = round(stats['n_new'] / elapsed, 2) if elapsed > 0 and stats['n_new'] else None
+    if not rows:
+        shown = '; '.join(f'{k}: {r}' for k, r in list(failed.items())[:3])
+        raise FeatureFileError(
+            f'{output}: none of the {len(todo)} image(s) of {source.description} could be read '
+            f'({shown}{"; ..." if len(failed) > 3 else ""}); nothing was written'
+        )
     save()
+    if progress:
+        print(_summary(extractor.spec, stats, output), file=sys.stderr)
     stats.update(n_rows=len(rows), failed=dict(failed), output=str(output))
     return stats
+
+
+def _unreadable(key: str, reason: str, failed: dict, stats: dict, on_error: str, save) -> None:
+    """Record an unreadable image; with ``on_error='error'`` save what is done and raise, naming it."""
+    failed[key] = reason
+    stats['n_failed'] += 1
+    if on_error == 'error':
+        error = UnreadableImageError(key, reason)
+        try:
+            save()
+        except FeatureFileError as e:
+            raise error from e
+        raise error
+    print(f'skipping unreadable image {key}: {reason}', file=sys.stderr)
 
 
 def extract_features(

@@ -9,6 +9,7 @@ a gradient scaler when training), float32 on the CPU (where bf16 is emulated and
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,8 @@ __all__ = [
     'autocast',
     'grad_scaler',
     'optimizer_step',
+    'available_cpus',
+    'loader_workers',
 ]
 
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -81,3 +84,28 @@ def optimizer_step(
         before_step()
     scaler.step(optimizer)
     scaler.update()
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity set, e.g. a Slurm or container share), not the
+    machine's count."""
+    if hasattr(os, 'sched_getaffinity'):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def loader_workers(device: torch.device, requested: int | None = None) -> int:
+    """DataLoader workers for inference on ``device``, never more than the CPUs available.
+
+    Default on CUDA: every available CPU but one (the main process feeds the device), at most 16:
+    decoding and resizing JPEGs is what limits a GPU pipeline. On the CPU the model's forward
+    shares the cores with the workers and dominates, so half of them, at most 8.
+    """
+    cpus = available_cpus()
+    if requested is not None:
+        if requested < 0:
+            raise InvalidOptionError(f'the number of workers must be 0 or more, not {requested}')
+        return min(requested, cpus)
+    if device.type == 'cuda':
+        return max(1, min(16, cpus - 1))
+    return max(1, min(8, cpus // 2))

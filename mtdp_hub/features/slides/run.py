@@ -4,7 +4,8 @@
 this rank's share (slide ``i`` goes to rank ``i % world_size``): skip it when its feature file
 exists with the same settings; take its lock file (``.<slide_id>.lock``, so that several jobs can
 share one output folder); segment the tissue on a thumbnail; read the kept tiles in DataLoader
-workers (each worker opens the slide once); run the extractor in batches; write the feature file
+workers (each worker opens the slide once) as uint8 pixels; run the extractor in batches (normalised
+on the device, several batches in flight: :mod:`..pipeline`); write the feature file
 and the quality-control pictures atomically. A slide that cannot be read is reported and the
 others go on. Each rank writes its part of the report; the first rank merges them into
 ``report.json`` and ``report.csv`` (one row per slide: tiles, tissue area, seconds, status, error).
@@ -29,8 +30,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..._io import atomic_write_text, clean_leftovers, try_lock
-from ...errors import MtdpError
+from ...errors import FeatureFileError, MtdpError
 from ..extractor import FeatureExtractor
+from ..pipeline import loader_settings, stream_features
+from ..runtime import available_cpus
 from .qc import write_qc
 from .reader import Slide, SlideEntry, SlideError, list_slides
 from .store import SlideFeatures, feature_path, read_slide_features, write_slide_features
@@ -54,7 +57,8 @@ class SlideSettings:
 
 
 class _TileDataset(Dataset):
-    """The kept tiles of one slide, read and resized to ``tile`` px, through ``transform``."""
+    """The kept tiles of one slide, read and resized to ``tile`` px, through ``transform`` (the
+    extractor's ``pixel_transform``: uint8 CHW tensors)."""
 
     def __init__(self, path: Path, mpp: float, grid: TileGrid, transform):
         self.path, self.mpp, self.grid, self.transform = path, mpp, grid, transform
@@ -92,19 +96,16 @@ def iterate_tiles(
         yield (int(grid.coords[i, 0]), int(grid.coords[i, 1])), ds.tile(i)
 
 
-def _features(extractor: FeatureExtractor, ds: _TileDataset, batch_size: int, num_workers: int) -> np.ndarray:
+def _features(
+    extractor: FeatureExtractor, ds: _TileDataset, batch_size: int, num_workers: int | None
+) -> np.ndarray:
     if len(ds) == 0:  # no tissue: an empty (0, D) matrix of the right width
         size = extractor.data_config['input_size'][1:]
-        return np.zeros((0, extractor(torch.zeros(1, 3, *size)).shape[1]), np.float32)
+        return np.zeros((0, extractor(torch.zeros(1, 3, *size, dtype=torch.uint8)).shape[1]), np.float32)
     loader = DataLoader(
-        ds,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        shuffle=False,
-        pin_memory=extractor.device.type == 'cuda',
-        persistent_workers=False,
+        ds, batch_size=batch_size, shuffle=False, **loader_settings(extractor.device, num_workers)
     )
-    feats = np.concatenate([extractor(x).numpy() for x in loader])
+    feats = np.concatenate([f for _, f in stream_features(extractor, ((None, x) for x in loader))])
     if not np.isfinite(feats).all():
         raise SlideError(
             f'{ds.path}: the model gave non-finite features for '
@@ -141,14 +142,17 @@ def extract_slide(
     settings: SlideSettings = SlideSettings(),
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = 0,
 ) -> dict[str, Any]:
-    """Features of one slide into ``out_dir/<slide_id>.<fmt>`` (+ ``qc/`` pictures); returns its report row."""
+    """Features of one slide into ``out_dir/<slide_id>.<fmt>`` (+ ``qc/`` pictures); returns its report row.
+
+    ``num_workers``: DataLoader workers reading the tiles (``None``: :func:`..runtime.loader_workers`'s
+    default for the extractor's device)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     with Slide(entry.path, entry.mpp, entry.slide_id) as slide:
         thumb, mask, scale, grid = _segment(slide, settings)
-        ds = _TileDataset(slide.path, slide.mpp, grid, extractor.transform)
+        ds = _TileDataset(slide.path, slide.mpp, grid, extractor.pixel_transform)
         feats = _features(extractor, ds, batch_size, num_workers)
         meta = _provenance(extractor, slide, entry, settings)
         tissue_mm2 = float(mask.sum()) * (slide.mpp * scale) ** 2 / 1e6
@@ -298,12 +302,19 @@ def run_slides(
     kwargs = dict(extractor_kwargs or {})
     if kwargs.get('device', 'auto') in (None, 'auto') and torch.cuda.is_available():
         kwargs['device'] = f'cuda:{local}'
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FeatureFileError(
+            f'--out {out} is a file; give a folder (it receives <slide_id>.{settings.fmt} files)'
+        )
     entries = list_slides(slides, slide_mpp)
     extractor = FeatureExtractor(model, **kwargs)
-    out = Path(out)
     (out / 'qc').mkdir(parents=True, exist_ok=True)
     clean_leftovers(out), clean_leftovers(out / 'qc')
-    workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+    workers = num_workers  # None: the default for the device (runtime.loader_workers)
+    local_world = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+    if workers is None and local_world > 1:  # ranks on one machine share its CPUs
+        workers = max(1, available_cpus() // local_world - 1)
     mine = entries[rank::world]
     rows = []
     for i, entry in enumerate(mine, start=1):
