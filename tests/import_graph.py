@@ -121,8 +121,8 @@ def foreign_imports(g: dict[str, set[str]], forbidden=('training', 'benchmarks',
 
 # What ``pip install mtdp-hub`` brings (setup.cfg install_requires), by import name, and the
 # optional packages of the extras, which the package may import only inside functions.
-REQUIRED = {'torch', 'timm', 'safetensors', 'huggingface_hub', 'numpy', 'PIL'}
-OPTIONAL = {'datasets', 'pyarrow', 'sklearn', 'matplotlib', 'tqdm', 'torchvision'}
+REQUIRED = {'torch', 'timm', 'torchvision', 'safetensors', 'huggingface_hub', 'numpy', 'PIL'}
+OPTIONAL = {'datasets', 'pyarrow', 'sklearn', 'matplotlib', 'tqdm'}
 # A sub-package that is an extra of its own may import that extra at import time; nothing outside
 # it imports the sub-package at import time (the command line imports it when the command runs).
 EXTRA_PACKAGES = {'mtdp_hub.features.slides': {'openslide', 'h5py', 'skimage', 'scipy'}}
