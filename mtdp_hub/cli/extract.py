@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 
-from ..features import extract_features
-from .options import add_extraction_options, add_model_options
+from .options import add_extraction_options, add_model_options, add_weights_option
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..features import extract_features  # torch and timm only when the command runs
+
     stats = extract_features(
         args.model,
         args.input,
@@ -33,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         source_mpp=args.source_mpp,
         mpp=args.mpp,
+        weights=args.weights,
     )
     failed = stats.pop('failed')
     print(json.dumps(stats, indent=1))
@@ -53,18 +55,23 @@ def add_cli(sub) -> argparse.ArgumentParser:
         '(safetensors or Parquet); a rerun resumes.',
     )
     add_model_options(p)
+    add_weights_option(p)
     p.add_argument(
         '--input',
         required=True,
         help='folder (recursive; the first folder under it = label), .txt/.csv/.tsv file list, or datasets:NAME',
     )
-    p.add_argument('--output', required=True, help='.safetensors or .parquet; an existing one is resumed')
+    p.add_argument(
+        '--output',
+        required=True,
+        help='the feature file, .safetensors or .parquet (checked before any work); an existing one is resumed',
+    )
     add_extraction_options(p)
     p.add_argument(
         '--on-error',
         default='skip',
         choices=['skip', 'error'],
-        help='unreadable images: skip and list them in the metadata (default) or stop',
+        help='unreadable images: skip them and list them in the metadata, or stop naming the first one',
     )
     p.add_argument(
         '--source-mpp',
@@ -79,9 +86,9 @@ def add_cli(sub) -> argparse.ArgumentParser:
         help='the scale to resize to with --source-mpp, um/px (default: the one the model records)',
     )
     p.add_argument('--no-labels', action='store_true', help='do not take labels from folder names')
-    p.add_argument('--split', default=None, help='datasets source: split (default train)')
-    p.add_argument('--image-column', default='image')
-    p.add_argument('--label-column', default='label')
+    p.add_argument('--split', default=None, help='datasets source: the split to read (default: train)')
+    p.add_argument('--image-column', default='image', help='datasets source: the column holding the images')
+    p.add_argument('--label-column', default='label', help='datasets source: the column holding the labels')
     p.add_argument('--save-every', type=int, default=20000, help='write progress every N new images')
     p.add_argument('--overwrite', action='store_true', help='start over instead of resuming')
     p.set_defaults(func=_run)

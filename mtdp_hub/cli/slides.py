@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..errors import MissingDependencyError
-from .options import add_extraction_options, add_model_options
+from .options import add_extraction_options, add_model_options, add_weights_option
 
 SLIDES_EXTRA = 'whole-slide images need the slides extra: pip install mtdp-hub[slides]'
 
@@ -44,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
             img_size=args.img_size,
             device=args.device,
             precision=args.precision,
+            weights=args.weights,
         ),
         batch_size=args.batch_size,
         num_workers=args.workers,
@@ -60,20 +61,21 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
+    add_weights_option(p)
     p.add_argument(
         '--slides',
         required=True,
         help='a folder of slides (recursive) or a CSV list: path[,slide_id][,mpp][,label]',
     )
-    p.add_argument('--out', required=True, help='output folder: <slide_id>.h5, qc/, report.json, report.csv')
+    p.add_argument(
+        '--out', required=True, help='output folder: <slide_id>.h5 (or .pt), qc/, report.json, report.csv'
+    )
     g = p.add_argument_group('scale and tiles')
     scale = g.add_mutually_exclusive_group()
-    scale.add_argument(
-        '--mpp', type=float, default=0.5, help='tile scale in microns per pixel (default 0.5, ~20x)'
-    )
+    scale.add_argument('--mpp', type=float, default=0.5, help='tile scale in microns per pixel (0.5 is ~20x)')
     scale.add_argument('--mag', default=None, help='tile scale as a magnification, e.g. 20x (= 0.5 um/px)')
-    g.add_argument('--tile', type=int, default=224, help='tile side in pixels at that scale (default 224)')
-    g.add_argument('--overlap', type=int, default=0, help='pixels shared by neighbouring tiles (default 0)')
+    g.add_argument('--tile', type=int, default=224, help='tile side in pixels at that scale')
+    g.add_argument('--overlap', type=int, default=0, help='pixels shared by neighbouring tiles')
     g.add_argument(
         '--slide-mpp',
         type=float,
@@ -82,11 +84,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group('tissue')
     g.add_argument(
-        '--min-tissue', type=float, default=0.5, help='keep tiles at least this fraction tissue (0.5)'
+        '--min-tissue', type=float, default=0.5, help='keep tiles that are at least this fraction tissue'
     )
-    g.add_argument(
-        '--seg-mpp', type=float, default=8.0, help='scale of the segmentation thumbnail, um/px (8)'
-    )
+    g.add_argument('--seg-mpp', type=float, default=8.0, help='scale of the segmentation thumbnail, um/px')
     g.add_argument(
         '--tissue-threshold',
         type=float,
@@ -95,7 +95,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     )
     add_extraction_options(p.add_argument_group('features'))
     g = p.add_argument_group('output')
-    g.add_argument('--format', default='h5', choices=['h5', 'pt'], help='h5 (CLAM/TRIDENT layout) or pt')
+    g.add_argument(
+        '--format', default='h5', choices=['h5', 'pt'], help='h5 (the CLAM/TRIDENT layout) or pt (torch.load)'
+    )
     g.add_argument('--no-qc', action='store_true', help='no QC thumbnail / GeoJSON per slide')
     g.add_argument('--overwrite', action='store_true', help='redo slides whose feature file exists')
 

@@ -36,7 +36,7 @@ import torch
 from safetensors import SafetensorError
 
 from .._io import clean_leftovers, try_lock
-from ..errors import FeatureFileError, InvalidOptionError, UnreadableImageError
+from ..errors import FeatureFileError, InputNotFoundError, InvalidOptionError, UnreadableImageError
 from .extractor import FeatureExtractor
 from .pipeline import loader_settings, stream_features
 from .sources import ImageSource, make_source
@@ -328,17 +328,21 @@ def extract_features(
     label_column: str | None = 'label',
     source_mpp: float | None = None,
     mpp: float | None = None,
+    weights: str | os.PathLike | None = None,
     **run_kwargs: Any,
 ) -> dict[str, Any]:
     """Load ``model`` (a spec string), read ``input`` and write features to ``output``.
 
-    ``source_mpp`` / ``mpp``: the images' microns per pixel and the scale wanted (see
+    ``source_mpp`` / ``mpp``: the images' microns per pixel and the scale wanted; ``weights``: a
+    local weight file instead of the model's registered sources (see
     :class:`~mtdp_hub.features.extractor.FeatureExtractor`).
 
     ``run_kwargs`` go to :func:`extract_source` (batch_size, num_workers, on_error, save_every,
     overwrite, progress). Returns the run stats (counts, img/s, failed files).
     """
     output = check_output(output, run_kwargs.get('overwrite', False))  # before loading anything
+    if weights is not None and not Path(weights).expanduser().is_file():
+        raise InputNotFoundError(f'{model}: no such weight file {weights}')
     source = make_source(
         input, labels=labels, split=split, image_column=image_column, label_column=label_column
     )
@@ -353,5 +357,6 @@ def extract_features(
         channels_last=channels_last,
         source_mpp=source_mpp,
         mpp=mpp,
+        weights=weights,
     )
     return extract_source(extractor, source, output, **run_kwargs)
