@@ -3,7 +3,9 @@
 - :mod:`.specs`      model spec strings -> backbone, its eval preprocessing, provenance
 - :mod:`.runtime`    device choice and the one precision policy (shared with training)
 - :mod:`.sources`    folders, file lists, ``datasets`` sources
+- :mod:`.pixels`     uint8 pixels from the workers, normalised on the device
 - :mod:`.extractor`  the model side: layer, test-time flips, autocast, channels_last
+- :mod:`.pipeline`   batches to features with several in flight and no host sync per batch
 - :mod:`.store`      feature files (safetensors / Parquet)
 - :mod:`.run`        the resumable run behind ``mtdp extract``
 
