@@ -24,9 +24,11 @@ __all__ = ['to_uint8', 'uint8_eval_transform', 'Normalise', 'normalise_uint8']
 
 def to_uint8(im: Image.Image) -> torch.Tensor:
     """An RGB PIL image -> a contiguous uint8 CHW tensor (no scaling)."""
-    return torch.from_numpy(np.array(im.convert('RGB') if im.mode != 'RGB' else im, dtype=np.uint8)).permute(
-        2, 0, 1
-    ).contiguous()
+    return (
+        torch.from_numpy(np.array(im.convert('RGB') if im.mode != 'RGB' else im, dtype=np.uint8))
+        .permute(2, 0, 1)
+        .contiguous()
+    )
 
 
 def _mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
