@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidOptionError, MissingDependencyError, TaskFolderError
-from .metrics import score
+from .metrics import classification_details, score
 
 C_GRID: tuple[float, ...] = tuple(float(c) for c in 10.0 ** np.arange(-10, 1))
 CLASSIFIERS = ('svm', 'logreg')
@@ -108,13 +108,17 @@ def fit_linear(
     n_splits: int = 5,
     seed: int = 0,
     n_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Tune C by grouped CV on (``X_train``, ``y_train``), refit, score on test.
 
     ``X_train`` is train+val in the paper's protocol. Labels are class indices ``0..n_classes-1``
     (``n_classes`` defaults to the largest label in train or test + 1). CV folds whose training
     part holds a single class are skipped. Returns the test score, the chosen C, the mean CV score
-    of every C and the fold note.
+    of every C, the fold note, ``grouped`` (False when the folds fell back to ungrouped: a single
+    group id), ``C_at_edge`` (``'smallest'`` / ``'largest'`` when the chosen C is an end of a grid
+    of several values, else None: the best C may lie outside the grid) and the test set's
+    ``details`` (:func:`~mtdp_hub.evaluation.metrics.classification_details`).
     """
     from sklearn.exceptions import ConvergenceWarning
 
@@ -136,12 +140,19 @@ def fit_linear(
             cv_scores.append(float(np.nanmean(fold_scores)) if fold_scores else float('nan'))
         best = int(np.nanargmax(cv_scores))  # ties -> the smallest C (first in the grid)
         clf = make_classifier(classifier, Cs[best], seed).fit(X_train, y_train)
-        test = score(metric, y_test, _outputs(clf, X_test, n_classes))
+        outputs = _outputs(clf, X_test, n_classes)
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
+    edge = None
+    if len(Cs) > 1 and float(Cs[best]) in (min(Cs), max(Cs)):
+        edge = 'smallest' if float(Cs[best]) == min(Cs) else 'largest'
     return {
-        'score': test,
+        'score': score(metric, y_test, outputs),
         'C': float(Cs[best]),
+        'C_at_edge': edge,
         'cv_scores': dict(zip(map(float, Cs), cv_scores)),
         'folds': note,
+        'grouped': len(set(groups)) >= 2,
+        'details': classification_details(y_test, outputs, names),
         'n_train': int(len(y_train)),
         'n_test': int(len(y_test)),
     }

@@ -3,6 +3,8 @@
 numpy at import time; ROC AUC imports scikit-learn (the ``eval`` extra) when called.
 
 - accuracy for multi-class tasks, ROC AUC for binary ones (scores = positive-class score);
+- beside them (:func:`classification_details`, scikit-learn): balanced accuracy, precision /
+  recall / F1 / support per class and the confusion matrix of the predicted labels;
 - mean +- std over seeds, std is the population std (``numpy.std``, ddof=0);
 - a difference is *significant* when it exceeds 2x the larger of the two stds (the paper's rule),
   where a std only counts when it comes from independently initialised/trained models
@@ -15,7 +17,9 @@ numpy at import time; ROC AUC imports scikit-learn (the ``eval`` extra) when cal
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +54,48 @@ def score(metric: str, y_true: Sequence[int], outputs: np.ndarray) -> float:
         pos = outputs[:, 1] - outputs[:, 0] if outputs.ndim == 2 else outputs
         return roc_auc(y_true, pos)
     if metric == 'accuracy':
-        pred = outputs.argmax(1) if outputs.ndim == 2 else (outputs > 0).astype(int)
-        return accuracy(y_true, pred)
+        return accuracy(y_true, predictions(outputs))
     raise ValueError(f'unknown metric {metric!r}; one of {METRICS}')
+
+
+def predictions(outputs: np.ndarray) -> np.ndarray:
+    """Predicted labels from (N, C) class scores (argmax) or (N,) binary scores (label 1 when > 0)."""
+    outputs = np.asarray(outputs)
+    return outputs.argmax(1) if outputs.ndim == 2 else (outputs > 0).astype(np.int64)
+
+
+def classification_details(
+    y_true: Sequence[int], outputs: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class precision / recall / F1 / support and the confusion
+    matrix (rows: true class, columns: predicted class, in the order of ``class_names``) of the
+    labels predicted from ``outputs`` (:func:`predictions`). A class never predicted has precision 0."""
+    try:
+        from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+    except ImportError as e:
+        raise MissingDependencyError('per-class metrics need scikit-learn: pip install mtdp-hub[eval]') from e
+    y_true, y_pred = np.asarray(y_true), predictions(outputs)
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # "y_pred contains classes not in y_true"
+        balanced = balanced_accuracy_score(y_true, y_pred) if len(y_true) else float('nan')
+    return {
+        'accuracy': accuracy(y_true, y_pred),
+        'balanced_accuracy': float(balanced),
+        'per_class': {
+            str(name): {
+                'precision': float(precision[i]),
+                'recall': float(recall[i]),
+                'f1': float(f1[i]),
+                'support': int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
+        'confusion_matrix': confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -321,12 +321,13 @@ def test_finetune_lr_selection_ignores_nan_val(monkeypatch):
         monkeypatch.setattr(
             ft_mod,
             'finetune_lr',
-            lambda spec, task, lr, cfg, seed=0: {
+            lambda spec, task, lr, cfg, seed=0, weights=None: {
                 'lr': lr,
                 'val': next(it),
                 'score': lr,
                 'best_epoch': 1,
                 'selection': 'best val epoch',
+                'details': {},
             },
         )
         return ft_mod.finetune('x', task, cfg)
