@@ -1,10 +1,10 @@
 """The resumable extraction run: a source and an extractor in, one feature file out.
 
 A rerun on the same output with the same provenance skips the images already done and appends
-the rest; the file is rewritten atomically, also every ``save_every`` new images, so an
-interrupted run resumes. Unreadable images are skipped (``on_error='skip'``, the default),
-counted and listed under ``failed`` in the output's metadata, or stop the run
-(``on_error='error'``, naming the image) after saving progress. No file is written before the
+the rest; the file is rewritten atomically, also every ``save_every`` new images (on a
+background thread, while extraction goes on), so an interrupted run resumes. Unreadable images
+are skipped (``on_error='skip'``, the default), counted and listed under ``failed`` in the
+output's metadata, or stop the run (``on_error='error'``, naming the image) after saving progress. No file is written before the
 first feature: a run that fails before any (or in which no image can be read) leaves nothing.
 
 The data path (uint8 from the workers, normalised on the device, several batches in flight, no
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -236,11 +237,11 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
     stats = {'n_input': len(source.keys), 'n_skipped_done': len(source.keys) - len(todo), 'n_new': 0}
     stats['n_failed'] = 0
 
-    def save() -> None:
+    def write(rows: dict, failed: dict, counts: dict) -> None:
         if not rows:  # nothing extracted yet: no file (an existing output is left as it is)
             return
-        run = dict(started=started, n_new=stats['n_new'], n_failed=stats['n_failed'])
-        run['img_per_s'] = stats.get('img_per_s')
+        run = dict(started=started, n_new=counts['n_new'], n_failed=counts['n_failed'])
+        run['img_per_s'] = counts.get('img_per_s')
         done = {k: v for k, v in {**old_fps, **fps}.items() if k in rows and v is not None}
         meta = {
             'provenance': prov,
@@ -258,6 +259,11 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
                 f'cannot write {output}: {getattr(e, "strerror", None) or e} (progress saved before is kept)'
             ) from e
 
+    saver = _Saver(write)
+
+    def save() -> None:  # now, in this thread, after any background save
+        saver.now(dict(rows), dict(failed), dict(stats))
+
     bar = _progress(len(todo), progress, f'extract {extractor.spec}')
     t0, since_save = time.perf_counter(), 0
     try:
@@ -274,10 +280,11 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
                 _unreadable(source.keys[i], reason, failed, stats, on_error, save)
             if bar is not None:
                 bar.update(len(idx) + len(errors))
-            if since_save >= save_every:
-                save()
+            if since_save >= save_every and not saver.busy():
+                saver.background(dict(rows), dict(failed), dict(stats))
                 since_save = 0
     finally:
+        saver.join()  # a background save in progress completes before the lock is released
         if bar is not None:
             bar.close()
     elapsed = time.perf_counter() - t0
@@ -294,6 +301,48 @@ def _run(extractor, source, output, batch_size, num_workers, on_error, save_ever
         print(_summary(extractor.spec, stats, output), file=sys.stderr)
     stats.update(n_rows=len(rows), failed=dict(failed), output=str(output))
     return stats
+
+
+class _Saver:
+    """Writes snapshots of the rows, one write at a time.
+
+    Periodic saves run on a background thread (:meth:`background`): every one rewrites the whole
+    file atomically, and on a fast device the pipeline keeps running meanwhile instead of waiting
+    for the disk. The last save and those before an error run in the caller's thread (:meth:`now`),
+    after the background one; an error of a background save is raised by the next call.
+    """
+
+    def __init__(self, write):
+        self._write, self._thread, self._error = write, None, None
+
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _target(self, *args) -> None:
+        try:
+            self._write(*args)
+        except BaseException as e:  # raised in the main thread by the next call
+            self._error = e
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wait(self) -> None:
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def background(self, *args) -> None:
+        self.wait()
+        self._thread = threading.Thread(target=self._target, args=args, name='mtdp-extract-save', daemon=True)
+        self._thread.start()
+
+    def now(self, *args) -> None:
+        self.wait()
+        self._write(*args)
 
 
 def _unreadable(key: str, reason: str, failed: dict, stats: dict, on_error: str, save) -> None:

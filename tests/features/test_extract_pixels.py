@@ -175,6 +175,30 @@ def test_no_readable_image_is_an_error_naming_them_and_writes_nothing(tmp_path, 
     assert not out.exists()
 
 
+def test_periodic_saves_run_in_the_background_one_at_a_time_and_the_last_has_every_row(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    for i in range(6):
+        _write_rgb(tmp_path / 'in' / 'a' / f'{i}.png', seed=i)
+    real, calls, active = run_mod.write_features, [], []
+
+    def slow_write(path, ff):
+        active.append(1)
+        assert len(active) == 1, 'two writes at once'
+        calls.append((threading.current_thread().name, len(ff.paths)))
+        time.sleep(0.05)
+        real(path, ff)
+        active.pop()
+
+    monkeypatch.setattr(run_mod, 'write_features', slow_write)
+    out = tmp_path / 'f.safetensors'
+    extract_features(MODEL, tmp_path / 'in', out, save_every=1, **dict(FAST, batch_size=1))
+    assert calls[0][0] == 'mtdp-extract-save' and calls[-1] == (threading.current_thread().name, 6)
+    assert [n for _, n in calls] == sorted(n for _, n in calls)
+    assert len(read_features(out).paths) == 6
+
+
 def test_progress_bar_stays_out_of_captured_output_and_a_summary_line_ends(tmp_path, capfd):
     for i in range(3):
         _write_rgb(tmp_path / 'in' / 'a' / f'{i}.png', seed=i)
