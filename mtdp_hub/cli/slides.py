@@ -13,6 +13,14 @@ from .options import add_extraction_options, add_model_options, add_weights_opti
 SLIDES_EXTRA = 'whole-slide images need the slides extra: pip install mtdp-hub[slides]'
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _quiet(line: str) -> None:
+    """--no-progress: no line per slide (the report and the summary still say what happened)."""
+
+
 def _run(args: argparse.Namespace) -> int:
     try:  # the slides extra (OpenSlide, h5py, scikit-image) is optional: import it only when used
         from ..features.slides import (
@@ -49,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         overwrite=args.overwrite,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=_quiet if args.no_progress else _log,
     )
     counts: dict[str, int] = {}
     for r in rows:

@@ -249,13 +249,20 @@ def test_cli_scale_options(slide_dir, tmp_path, capsys):
             '--no-qc',
         ]
     )
-    assert code == 0 and json.loads(capsys.readouterr().out)['done'] == 1
+    captured = capsys.readouterr()
+    assert code == 0 and json.loads(captured.out)['done'] == 1
+    assert '1/1 beta: done' in captured.err and '\r' not in captured.err
     sf = read_slide_features(tmp_path / 'beta.h5')
     assert (
         sf.attrs['target_mpp'] == 2.0
         and sf.attrs['patch_size_level0'] == 256
         and sf.attrs['patch_level'] == 2
     )
+    args = ['slides', '--model', MODEL, '--slides', str(slide_dir / 'beta.tif'), '--out', str(tmp_path)]
+    args += ['--mag', '5x', '--tile', '64', '--img-size', '64', '--device', 'cpu', '--no-qc', '--no-progress']
+    assert mtdp(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)['skipped (done)'] == 1 and 'beta' not in captured.err
 
 
 @pytest.mark.slow
