@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mtdp_hub.features import FeatureExtractor, extract_source, make_source
-from mtdp_hub.features.pipeline import IN_FLIGHT
+from mtdp_hub.features.pipeline import IN_FLIGHT, default_batch_size
 from mtdp_hub.features.runtime import loader_workers
 from mtdp_hub.images import find_images
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--data', default=None, help='folder of images (default: JPEGs made from the test tiles)')
     p.add_argument('--jpeg-size', type=int, default=224, help='side of the generated JPEGs, px')
     p.add_argument('--images', type=int, default=None, help='images per round (default: 32768 on CUDA, 256)')
-    p.add_argument('--batch-size', type=int, default=256)
+    p.add_argument('--batch-size', type=int, default=None, help='default: as mtdp extract (256 on CUDA, 64)')
     p.add_argument('--workers', type=int, default=None, help='DataLoader workers (default: as mtdp extract)')
     p.add_argument('--img-size', '--size', dest='img_size', type=int, default=None, help='model input px')
     p.add_argument('--device', default='auto')
@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     extractor = FeatureExtractor(model, img_size=args.img_size, device=args.device, precision=args.precision)
     device = extractor.device
     n_images = args.images or (32768 if device.type == 'cuda' else 256)
+    batch_size = args.batch_size or default_batch_size(device)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         unique = (
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         size = extractor.data_config['input_size'][1:]
         g = torch.Generator(device=device).manual_seed(0)
         synthetic = torch.randint(
-            0, 256, (args.batch_size, 3, *size), dtype=torch.uint8, device=device, generator=g
+            0, 256, (batch_size, 3, *size), dtype=torch.uint8, device=device, generator=g
         )
         reported: list[float] = []
 
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                 extractor,
                 source,
                 out,
-                batch_size=args.batch_size,
+                batch_size=batch_size,
                 num_workers=args.workers,
                 overwrite=True,
                 progress=False,
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
             done = 0
             while done < n_images:
                 extractor.device_features(synthetic[: n_images - done])
-                done += min(args.batch_size, n_images - done)
+                done += min(batch_size, n_images - done)
             return done
 
         rates = interleaved_rates(
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
             'model': model,
             'data': args.data or f'test tiles as {args.jpeg_size} px JPEG (quality 90), {len(unique)} files',
             'images_per_round': n_images,
-            'batch_size': args.batch_size,
+            'batch_size': batch_size,
             'workers': loader_workers(device, args.workers),
             'in_flight_batches': IN_FLIGHT,
             'device': str(device),

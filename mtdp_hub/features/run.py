@@ -176,14 +176,15 @@ def _resume(output: Path, prov: dict, source: ImageSource, fingerprints: dict[st
     return rows, old.failed, list(old.meta.get('runs', [])), old_fps
 
 
-def _batches(source: ImageSource, todo: list[int], extractor, batch_size: int, num_workers: int | None):
+def _batches(
+    source: ImageSource, todo: list[int], extractor, batch_size: int | None, num_workers: int | None
+):
     """``((indices, errors), uint8 batch or None)`` from DataLoader workers, for :func:`stream_features`."""
     loader = torch.utils.data.DataLoader(
         _ExtractionDataset(source, todo, extractor.pixel_transform),
-        batch_size=batch_size,
         shuffle=False,
         collate_fn=_collate,
-        **loader_settings(extractor.device, num_workers),
+        **loader_settings(extractor.device, num_workers, batch_size),
     )
     for idx, x, errors in loader:
         yield (idx, errors), x
@@ -206,14 +207,19 @@ def extract_source(
     source: ImageSource,
     output: str | os.PathLike,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     on_error: str = 'skip',
     save_every: int = 20000,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Extract the features of ``source`` into ``output`` with ``extractor``; returns run stats."""
+    """Extract the features of ``source`` into ``output`` with ``extractor``; returns run stats.
+
+    ``batch_size`` / ``num_workers``: ``None`` for the defaults of the extractor's device
+    (:func:`~mtdp_hub.features.pipeline.loader_settings`: 256 images and every CPU but one, at most
+    16, on CUDA; 64 and half the CPUs, at most 8, on the CPU; workers never exceed the CPUs available).
+    """
     if on_error not in ('skip', 'error'):
         raise InvalidOptionError(f"on_error must be 'skip' or 'error', not {on_error!r}")
     output = check_output(output, overwrite)

@@ -100,6 +100,10 @@ def test_workers_default_for_the_device_and_capped_at_the_cpus(monkeypatch):
     assert runtime.loader_workers(cuda) == 1 and runtime.loader_workers(cpu) == 1
     s = loader_settings(cpu, 0)
     assert s['num_workers'] == 0 and s['prefetch_factor'] is None and not s['pin_memory']
+    assert s['batch_size'] == 64 and loader_settings(cuda, None)['batch_size'] == 256
+    assert loader_settings(cuda, 2, 32) == dict(
+        batch_size=32, num_workers=1, pin_memory=True, persistent_workers=False, prefetch_factor=4
+    )
     assert runtime.available_cpus() >= 1
     with pytest.raises(ValueError, match='workers'):
         runtime.loader_workers(cpu, -1)

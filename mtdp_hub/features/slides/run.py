@@ -97,14 +97,12 @@ def iterate_tiles(
 
 
 def _features(
-    extractor: FeatureExtractor, ds: _TileDataset, batch_size: int, num_workers: int | None
+    extractor: FeatureExtractor, ds: _TileDataset, batch_size: int | None, num_workers: int | None
 ) -> np.ndarray:
     if len(ds) == 0:  # no tissue: an empty (0, D) matrix of the right width
         size = extractor.data_config['input_size'][1:]
         return np.zeros((0, extractor(torch.zeros(1, 3, *size, dtype=torch.uint8)).shape[1]), np.float32)
-    loader = DataLoader(
-        ds, batch_size=batch_size, shuffle=False, **loader_settings(extractor.device, num_workers)
-    )
+    loader = DataLoader(ds, shuffle=False, **loader_settings(extractor.device, num_workers, batch_size))
     feats = np.concatenate([f for _, f in stream_features(extractor, ((None, x) for x in loader))])
     if not np.isfinite(feats).all():
         raise SlideError(
@@ -141,7 +139,7 @@ def extract_slide(
     out_dir: str | os.PathLike,
     settings: SlideSettings = SlideSettings(),
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = 0,
 ) -> dict[str, Any]:
     """Features of one slide into ``out_dir/<slide_id>.<fmt>`` (+ ``qc/`` pictures); returns its report row.
@@ -285,7 +283,7 @@ def run_slides(
     *,
     slide_mpp: float | None = None,
     extractor_kwargs: dict | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     overwrite: bool = False,
     log=print,
