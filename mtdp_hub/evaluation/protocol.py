@@ -144,17 +144,17 @@ def check_models(
             model = load_backbone(spec, seed=seed, weights=file)
         except Exception as e:  # timm, huggingface_hub and torch raise many kinds: report each, named
             where = spec + (f' with weights {file}' if file else '')
-            failures.append(
-                f'{name} ({where}): {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}'
-            )
+            detail = str(e).strip().replace('\n', '\n    ')
+            failures.append(f'- {name} ({where}): {type(e).__name__}: {detail}')
             continue
         configs[name] = data_config(model, img_size)
         if keep and not is_random(spec):
             loaded[name] = model
     if failures:
         raise InvalidOptionError(
-            f'{len(failures)} of {len(specs)} model(s) cannot be loaded, nothing was run: '
-            + '; '.join(failures)
+            f'{len(failures)} of {len(specs)} model(s) cannot be loaded, nothing was run:\n'
+            + '\n'.join(failures)
+            + '\n(a local weight file per model: --weights NAME=FILE, NAME as given in --models)'
         )
     return configs, loaded
 

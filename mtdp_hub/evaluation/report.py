@@ -163,7 +163,7 @@ def report_warnings(result: dict[str, Any]) -> list[str]:
         cfg = no_val[0].get('config', {})
         out.append(
             f'finetune: no val split: one learning rate ({_fmt(no_val[0]["lr"])}) trained for '
-            f'{cfg.get("epochs", no_val[0].get("epoch"))} epochs, its last epoch scored on test; neither the '
+            f'{cfg.get("epochs", no_val[0].get("epoch"))} epoch(s), its last epoch scored on test; neither the '
             'learning rate nor the epoch was selected'
         )
     undefined = [r for r in fine if r.get('selection') == 'last epoch (val score undefined)']
@@ -318,13 +318,23 @@ def chance_level(result: dict[str, Any]) -> tuple[float, str] | None:
         return 0.5, 'chance (AUC 0.5)'
     counts = result.get('test_class_counts')
     if counts and sum(counts):
-        return max(counts) / sum(counts), 'most frequent class'
+        return max(counts) / sum(counts), 'chance: always the most frequent class'
     return None
 
 
 def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write :func:`figure` to ``path`` (PNG)."""
+    fig = figure(result)
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches='tight')
+    plt.close(fig)
+
+
+def figure(result: dict[str, Any]):
     """Bars (mean ± std), per-seed points, the table's significance marks, the chance level and a
-    legend outside the axes, models under their short names."""
+    legend outside the axes, models under their short names. A matplotlib figure (Agg backend)."""
     try:
         import matplotlib
     except ImportError as e:
@@ -366,9 +376,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike) -> None:
     ax.set_ylabel(f'{_METRIC_NAMES.get(result["metric"], result["metric"])} (%)')
     ax.set_title(f'{result["task"]} (▲/▼ vs {models[0]}: significant)', fontsize='medium')
     ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    with atomic_path(path, suffix=Path(path).suffix) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches='tight')
-    plt.close(fig)
+    return fig
 
 
 def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
