@@ -76,7 +76,12 @@ def add_extraction_options(group: argparse._ActionsContainer) -> None:
     group.add_argument(
         '--img-size', type=int, default=None, help="input size in pixels (default: the model's own)"
     )
-    group.add_argument('--batch-size', type=int, default=64, help='extraction batch size')
+    group.add_argument(
+        '--batch-size',
+        type=int,
+        default=None,
+        help='extraction batch size (default: 256 on CUDA, 64 on the CPU)',
+    )
     group.add_argument(
         '--device', default='auto', help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."
     )
@@ -86,5 +91,10 @@ def add_extraction_options(group: argparse._ActionsContainer) -> None:
         choices=PRECISION_CHOICES,
         help='autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)',
     )
-    group.add_argument('--workers', type=int, default=None, help='DataLoader workers (default: min(8, CPUs))')
+    group.add_argument(
+        '--workers',
+        type=int,
+        default=None,
+        help='DataLoader workers, capped at the CPUs available (default: every CPU but one, at most 16, on CUDA; half, at most 8, on the CPU)',
+    )
     group.add_argument('--no-progress', action='store_true', help='no progress bar')
