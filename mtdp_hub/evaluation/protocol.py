@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidOptionError, MtdpError, TaskFolderError
+from ..errors import InvalidOptionError, MissingDependencyError, MtdpError, TaskFolderError
 from ..features import FeatureExtractor, extract_source, make_source, read_features
 from ..features.sources import storage_key
 from ..features.specs import data_config, is_random, load_backbone, package_versions, spec_slug
@@ -315,7 +315,8 @@ def evaluate(
     ``test_split``: the split folder scored as the test set (see :func:`load_task`).
     Everything that can be checked is checked before any work (options, task folder, fine-tuning
     plan, every model loads). A model that fails later is recorded in the report and the others
-    still run; the error then raised names it, after the report is written.
+    still run; the error then raised names it, after the report is written. results.json and
+    results.md are rewritten after each model, results.png once all have run.
     """
     ctx = _prepare(
         task_root,
@@ -367,7 +368,8 @@ def evaluate(
             raise
         ctx['loaded'].pop(name, None)
         result = _result(ctx, runs, failed)
-        result['files'] = {k: str(v) for k, v in write_report(result, out).items()}
+        last = name == list(ctx['specs'])[-1]  # the plot once, at the end: the tables after each model
+        result['files'] = {k: str(v) for k, v in write_report(result, out, with_plot=last).items()}
     if failed:
         raise MtdpError(
             f'{len(failed)} of {len(ctx["specs"])} model(s) failed ('
@@ -404,6 +406,7 @@ def _prepare(
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise InvalidOptionError('at least one seed is needed')
+    _require_report_packages()
     specs = parse_models(models)
     weights = _weights_by_name(weights, specs)
     task = load_task(task_root, max_per_class=max_per_class, test_split=test_split)
@@ -427,6 +430,15 @@ def _prepare(
             for name, spec in specs.items()
         },
     }
+
+
+def _require_report_packages() -> None:
+    """scikit-learn (metrics, linear) and matplotlib (the plot), checked before hours of work."""
+    for module in ('sklearn', 'matplotlib'):
+        try:
+            __import__(module)
+        except ImportError as e:
+            raise MissingDependencyError(f'mtdp evaluate needs {module}: pip install mtdp-hub[eval]') from e
 
 
 def _result(ctx: dict[str, Any], runs: list[dict[str, Any]], failed: dict[str, str]) -> dict[str, Any]:

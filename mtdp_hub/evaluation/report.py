@@ -379,12 +379,20 @@ def figure(result: dict[str, Any]):
     return fig
 
 
-def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and ``results.png`` under ``out_dir``."""
+def write_report(
+    result: dict[str, Any], out_dir: str | os.PathLike, *, with_plot: bool = True
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and (``with_plot``) ``results.png`` under ``out_dir``.
+
+    Without the plot, a ``results.png`` left from an earlier report is removed, so the folder never
+    shows a plot that disagrees with its table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {'json': out / 'results.json', 'markdown': out / 'results.md', 'plot': out / 'results.png'}
     atomic_write_text(paths['json'], json.dumps(result, indent=1, default=str))
     atomic_write_text(paths['markdown'], markdown_table(result))
-    plot(result, paths['plot'])
+    if with_plot:
+        plot(result, paths['plot'])
+    else:
+        paths.pop('plot').unlink(missing_ok=True)
     return paths

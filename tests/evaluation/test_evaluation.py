@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mtdp_hub.cli.evaluate import add_cli
+from mtdp_hub.errors import TaskFolderError
 from mtdp_hub.evaluation import evaluate, load_task
 from mtdp_hub.evaluation import protocol as evaluate_mod
 from mtdp_hub.evaluation.finetune import FinetuneConfig, finetune, finetune_lr
@@ -260,17 +261,21 @@ def test_cli_harness_evaluate(tmp_path, capsys):
 
 @pytest.mark.skipif(not (SHARED / 'crc-he-5class').is_dir(), reason='shared data absent')
 def test_linear_on_real_crc_patches(tmp_path):
+    """The shared H&E copy has train/val only: val is scored as the test set (--test-split val)."""
     crc = SHARED / 'crc-he-5class'
-    for split, src in (('train', 'train'), ('test', 'val')):  # the shared copy has no test split
+    for split in ('train', 'val'):
         for cls in ('AC', 'H'):
             d = tmp_path / 'task' / split / cls
             d.mkdir(parents=True)
-            for img in sorted((crc / src / cls).iterdir())[:6]:
+            for img in sorted((crc / split / cls).iterdir())[:6]:
                 (d / img.name).symlink_to(img)
-    res = _run_evaluate(tmp_path, tmp_path / 'task', [TINY], seeds=1)
+    with pytest.raises(TaskFolderError, match='found: train, val'):
+        _run_evaluate(tmp_path, tmp_path / 'task', [TINY], seeds=1)
+    res = _run_evaluate(tmp_path, tmp_path / 'task', [TINY], seeds=1, test_split='val')
     run = res['runs'][0]
     assert res['metric'] == 'roc_auc' and 0.0 <= run['score'] <= 1.0
     assert 'UNGROUPED' in run['folds']  # these file names carry no patient prefix ('image_AC_...')
+    assert any('UNGROUPED' in w for w in res['warnings'])
     assert res['sizes'] == {'train': 12, 'test': 12}
 
 

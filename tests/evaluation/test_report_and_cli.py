@@ -133,6 +133,7 @@ def test_a_model_failing_later_keeps_the_report_of_the_others(tmp_path, monkeypa
     assert 'No space left' in data['failed_models']['r18']
     md = (tmp_path / 'rep' / 'results.md').read_text()
     assert '`r18` failed' in md and 'No space left' in md
+    assert (tmp_path / 'rep' / 'results.png').is_file()
     assert 'r18 failed, the other models go on' in capsys.readouterr().err
 
 
