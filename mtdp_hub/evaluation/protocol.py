@@ -282,7 +282,7 @@ def _failure(name: str, error: BaseException) -> str:
     """One line for the report; a bug (not an :class:`MtdpError`) also prints its traceback."""
     if not isinstance(error, MtdpError):
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    return f'{type(error).__name__}: {str(error).strip()}'
+    return f'{type(error).__name__}: {" ".join(str(error).split())}'
 
 
 def evaluate(
@@ -321,18 +321,18 @@ def evaluate(
     ctx = _prepare(
         task_root,
         models,
-        modes,
-        seeds,
-        weights,
-        test_split,
-        classifier,
-        Cs,
-        cv_folds,
-        max_per_class,
-        img_size,
-        device,
-        precision,
-        finetune_cfg,
+        modes=modes,
+        seeds=seeds,
+        weights=weights,
+        test_split=test_split,
+        classifier=classifier,
+        Cs=Cs,
+        cv_folds=cv_folds,
+        max_per_class=max_per_class,
+        img_size=img_size,
+        device=device,
+        precision=precision,
+        finetune_cfg=finetune_cfg,
     )
     ctx.update(
         cache=Path(out) / 'cache',
@@ -351,7 +351,6 @@ def evaluate(
     )
     runs: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
-    result = _result(ctx, runs, failed)
     for name, spec in ctx['specs'].items():
         try:
             if 'linear' in modes:
@@ -382,6 +381,7 @@ def evaluate(
 def _prepare(
     task_root,
     models,
+    *,
     modes,
     seeds,
     weights,
