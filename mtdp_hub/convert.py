@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickletools
-import re
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from .state_dict import (
     checkpoint_filter_fn,
     guess_architecture,
     is_mtdp_layout,
+    plain_torch_error,
     read_state_dict,
     split_mtdp_checkpoint,
 )
@@ -30,8 +30,6 @@ ORIGINAL_ARCHITECTURES = {'resnet50': 'mtdp_resnet50', 'densenet121': 'mtdp_dens
 _TRAINING_KEYS = frozenset(
     {'iteration', 'model', 'optimizer', 'scheduler', 'sampler', 'tasks', 'pool_markdown'}
 )
-_TORCH_REASON = re.compile(r'WeightsUnpickler error: (?P<why>[^\n]*?)(?: Please use |\n|$)')
-_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 
 def _pickle_strings(path: Path, limit: int = 1 << 22) -> set[str]:
@@ -61,17 +59,6 @@ def _training_checkpoint_error(src: Path) -> CheckpointError:
     )
 
 
-def plain_torch_error(message: str) -> str:
-    """``message`` without terminal colour codes, and with torch's weights-only refusal (several paragraphs,
-    ending in advice to load with ``weights_only=False``) cut to its one reason."""
-    message = _ANSI.sub('', message)
-    head, marker, rest = message.partition('Weights only load failed')
-    if not marker:
-        return message
-    found = _TORCH_REASON.search(rest)
-    return head.rstrip() + ' ' + (found['why'].strip() if found else 'it holds objects other than tensors')
-
-
 def convert_mtdp_checkpoint(
     src: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -91,10 +78,7 @@ def convert_mtdp_checkpoint(
     refuse_output_holding(out_dir, src, 'the source checkpoint')
     if is_training_checkpoint(src):
         raise _training_checkpoint_error(Path(src))
-    try:
-        state_dict = read_state_dict(src)
-    except CheckpointError as e:
-        raise CheckpointError(plain_torch_error(str(e))) from e
+    state_dict = read_state_dict(src)
     if not is_mtdp_layout(state_dict):
         raise CheckpointError(f'{src}: not an original mtdp checkpoint (no features./heads. keys)')
     backbone, heads = split_mtdp_checkpoint(state_dict)

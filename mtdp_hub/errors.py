@@ -24,6 +24,7 @@ __all__ = [
     'InvalidOptionError',
     'MissingDependencyError',
     'ModelFolderError',
+    'HubUnreachableError',
 ]
 
 
@@ -85,3 +86,7 @@ class MissingDependencyError(MtdpError, ImportError):
 
 class ModelFolderError(MtdpError, ValueError):
     """A folder that is not a complete exported model folder (or holds what must not be published)."""
+
+
+class HubUnreachableError(MtdpError, ConnectionError):
+    """The Hugging Face Hub's endpoint cannot be reached (no network, a firewall, a wrong HF_ENDPOINT)."""

@@ -17,7 +17,7 @@ import threading
 import urllib.parse
 import urllib.request
 
-from .errors import MtdpError, WeightsNotFoundError
+from .errors import HubUnreachableError, WeightsNotFoundError
 
 __all__ = [
     'CONNECT_TIMEOUT_S',
@@ -31,10 +31,6 @@ __all__ = [
 
 CONNECT_TIMEOUT_S = 3.0
 OFFLINE_HINT = 'set HF_HUB_OFFLINE=1 to use only what is already in the Hugging Face cache'
-
-
-class HubUnreachableError(MtdpError, ConnectionError):
-    """The Hugging Face Hub's endpoint cannot be reached (no network, a firewall, a wrong HF_ENDPOINT)."""
 
 
 def hub_offline() -> bool:

@@ -25,6 +25,7 @@ from timm.models.densenet import DenseNet
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
+from .catalog import HF_ORG, RELEASES
 from .errors import CheckpointError
 from .state_dict import checkpoint_filter_fn, read_state_dict
 from .weights import ENV_WEIGHTS_DIR, WeightSource, fetch_weights
@@ -33,14 +34,10 @@ __all__ = ['MtdpDenseNet', 'default_cfgs', 'WEIGHT_SHA256', 'ORIGINAL_FILES', 'H
 
 PAPER_URL = 'https://arxiv.org/abs/2005.02561'
 ORIGIN_URL = 'https://github.com/waliens/multitask-dipath'
-HF_ORG = 'mtdp-hub'  # the Hugging Face organisation this project publishes converted weights to
-
-# File name under which each original checkpoint was published (and cached by ``mtdp``).
-# Both original URLs end in ``/download``, so the name never comes from the URL.
-ORIGINAL_FILES = {
-    'mtdp_resnet50.mtdp22': 'resnet50-mh-best-191205-141200.pth',
-    'mtdp_densenet121.mtdp22': 'densenet121-mh-best-191205-141200.pth',
-}
+# File name under which each original checkpoint was published (and cached by ``mtdp``); from the
+# catalog, where each release is described once. Both original URLs end in ``/download``, so the
+# name never comes from the URL.
+ORIGINAL_FILES = {name: release.original_file for name, release in RELEASES.items()}
 
 # SHA-256 of every weight file a pretrained tag can be fetched as, keyed by
 # ``<model>.<tag>/<file name>``. ``None`` means not recorded yet: the file is accepted and its
@@ -77,16 +74,16 @@ def _cfg(url: str = '', **kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs(
     {
         'mtdp_resnet50.mtdp22': _cfg(
-            url='https://dox.uliege.be/index.php/s/kvABLtVuMxW8iJy/download',
-            hf_hub_id=f'{HF_ORG}/mtdp_resnet50.mtdp22',
+            url=RELEASES['mtdp_resnet50.mtdp22'].url,
+            hf_hub_id=RELEASES['mtdp_resnet50.mtdp22'].hf_hub_id,
             first_conv='conv1',
             classifier='fc',
             description='ResNet50 pre-trained on 22 pathology tasks (~880k patches), multi-task, '
             "from torchvision ImageNet weights. Released by the paper's authors (Dec 2019).",
         ),
         'mtdp_densenet121.mtdp22': _cfg(
-            url='https://dox.uliege.be/index.php/s/G72InP4xmJvOrVp/download',
-            hf_hub_id=f'{HF_ORG}/mtdp_densenet121.mtdp22',
+            url=RELEASES['mtdp_densenet121.mtdp22'].url,
+            hf_hub_id=RELEASES['mtdp_densenet121.mtdp22'].hf_hub_id,
             first_conv='features.conv0',
             classifier='classifier',
             description='DenseNet121 (features end at norm5, no final ReLU) pre-trained on 22 pathology '

@@ -32,6 +32,7 @@ __all__ = [
     'checkpoint_filter_fn',
     'guess_architecture',
     'value_problems',
+    'plain_torch_error',
 ]
 
 _HEAD_KEY = re.compile(r'^heads\.(?P<task>.+)\.linear\.(?P<param>weight|bias)$')
@@ -66,6 +67,21 @@ def value_problems(
     return problems
 
 
+_TORCH_REASON = re.compile(r'WeightsUnpickler error: (?P<why>[^\n]*?)(?: Please use |\n|$)')
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def plain_torch_error(message: str) -> str:
+    """``message`` without terminal colour codes, and with torch's weights-only refusal (several paragraphs,
+    ending in advice to load with ``weights_only=False``) cut to its one reason."""
+    message = _ANSI.sub('', message)
+    head, marker, rest = message.partition('Weights only load failed')
+    if not marker:
+        return message
+    found = _TORCH_REASON.search(rest)
+    return head.rstrip() + ' ' + (found['why'].strip() if found else 'it holds objects other than tensors')
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a flat tensor dict from ``.safetensors`` or a ``.pth`` (never executing pickled code).
 
@@ -82,11 +98,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f'{path}: refused to load: the file is not a plain tensor checkpoint (it asks to run or '
-            f'import code, which is never done here): {e}'
+            f'import code, which is never done here): {plain_torch_error(str(e))}'
         ) from e
     except Exception as e:  # truncated or corrupt archives raise many types
         raise CheckpointError(
-            f'{path}: cannot read checkpoint (truncated or corrupt?): {type(e).__name__}: {e}'
+            f'{path}: cannot read checkpoint (truncated or corrupt?): {type(e).__name__}: '
+            f'{plain_torch_error(str(e))}'
         ) from e
     for key in ('state_dict', 'model'):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
