@@ -1,4 +1,4 @@
-"""Task-uniform sampling ([PAPER] §III-B): pick a task uniformly, then an image uniformly in it.
+"""Task-uniform sampling (paper §III-B; docs/paper.md §2.3): pick a task uniformly, then an image uniformly in it.
 
 Each draw has probability 1/(T * n_i) for an image of task i (with replacement), so every task
 weighs the same whatever its size. The stream is a pure function of ``(seed, rank, position)``:
