@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         device=args.device,
         precision=args.precision,
-        num_workers=args.workers if args.workers is not None else 4,
+        num_workers=args.workers,
         max_steps_per_epoch=args.max_steps_per_epoch,
     )
     seeds = args.seed_list if args.seed_list else args.seeds

@@ -232,7 +232,7 @@ def test_cli_harness_evaluate(tmp_path, capsys):
             '--task',
             str(task),
             '--models',
-            TINY,
+            f'tiny={TINY}',
             '--mode',
             'linear',
             'finetune',
@@ -255,7 +255,8 @@ def test_cli_harness_evaluate(tmp_path, capsys):
     )
     assert args.func(args) == 0
     printed = capsys.readouterr().out
-    assert '| finetune |' in printed and '| linear |' in printed
+    assert '| finetune |' in printed and '| linear |' in printed and '| `tiny` |' in printed
+    assert f'`tiny` = `{TINY}`' in printed
     assert set(json.loads((tmp_path / 'r' / 'results.json').read_text())['modes']) == {'linear', 'finetune'}
 
 
