@@ -210,3 +210,22 @@ def test_torch_refusal_text_is_one_plain_reason(tmp_path):
     text = str(info.value)
     assert str(path) in text and 'numpy' in text
     assert '\x1b' not in text and 'weights_only' not in text and '\n' not in text
+
+
+@pytest.mark.parametrize('arch', ['resnet50', 'densenet121'])
+def test_conversion_copies_every_backbone_value_bit_for_bit(original_checkpoint, tmp_path, arch):
+    """model.safetensors holds every original backbone tensor unchanged (torch.equal, same dtype),
+    under its name with the ``features.`` prefix of mtdp removed; nothing else is in it."""
+    from safetensors.torch import load_file
+
+    ckpt = original_checkpoint(arch)
+    folder = convert_mtdp_checkpoint(ckpt.path, tmp_path / 'out')
+    converted = load_file(folder / 'model.safetensors')
+    original = {
+        k.removeprefix('features.'): v
+        for k, v in ckpt.model.state_dict().items()
+        if k.startswith('features.') and not k.startswith(('features.fc.', 'features.classifier.'))
+    }
+    assert set(converted) == set(original)
+    for name, value in original.items():
+        assert converted[name].dtype == value.dtype and torch.equal(converted[name], value), name
