@@ -25,6 +25,8 @@ __all__ = [
     'MissingDependencyError',
     'ModelFolderError',
     'HubUnreachableError',
+    'ModelLoadError',
+    'IncompleteEvaluationError',
 ]
 
 
@@ -90,3 +92,11 @@ class ModelFolderError(MtdpError, ValueError):
 
 class HubUnreachableError(MtdpError, ConnectionError):
     """The Hugging Face Hub's endpoint cannot be reached (no network, a firewall, a wrong HF_ENDPOINT)."""
+
+
+class ModelLoadError(MtdpError, RuntimeError):
+    """One or more models of a command could not be loaded; the message names each and why."""
+
+
+class IncompleteEvaluationError(MtdpError, RuntimeError):
+    """Some models failed during an evaluation; the report of those that finished was written."""

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidOptionError, MissingDependencyError, MtdpError, TaskFolderError
+from ..errors import (
+    IncompleteEvaluationError,
+    InvalidOptionError,
+    MissingDependencyError,
+    ModelLoadError,
+    MtdpError,
+    TaskFolderError,
+)
 from ..features import FeatureExtractor, extract_source, make_source, read_features
 from ..features.sources import storage_key
 from ..features.specs import data_config, is_random, load_backbone, package_versions, spec_slug
@@ -151,7 +158,7 @@ def check_models(
         if keep and not is_random(spec):
             loaded[name] = model
     if failures:
-        raise InvalidOptionError(
+        raise ModelLoadError(
             f'{len(failures)} of {len(specs)} model(s) cannot be loaded, nothing was run:\n'
             + '\n'.join(failures)
             + '\n(a local weight file per model: --weights NAME=FILE, NAME as given in --models)'
@@ -370,7 +377,7 @@ def evaluate(
         last = name == list(ctx['specs'])[-1]  # the plot once, at the end: the tables after each model
         result['files'] = {k: str(v) for k, v in write_report(result, out, with_plot=last).items()}
     if failed:
-        raise MtdpError(
+        raise IncompleteEvaluationError(
             f'{len(failed)} of {len(ctx["specs"])} model(s) failed ('
             + '; '.join(f'{n}: {r}' for n, r in failed.items())
             + f'); the report of what finished is in {result["files"]["markdown"]}'

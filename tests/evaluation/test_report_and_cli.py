@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from mtdp_hub.cli import evaluate as cli_evaluate
-from mtdp_hub.errors import InvalidOptionError, MtdpError, TaskFolderError
+from mtdp_hub.errors import (
+    IncompleteEvaluationError,
+    InvalidOptionError,
+    ModelLoadError,
+    TaskFolderError,
+)
 from mtdp_hub.evaluation import MODES, evaluate, load_task
 from mtdp_hub.evaluation import protocol as protocol_mod
 from mtdp_hub.evaluation.finetune import LR_GRID, FinetuneConfig, check_plan
@@ -79,10 +84,10 @@ def test_parse_models_aliases_and_short_names():
 
 def test_a_model_that_cannot_load_is_named_before_any_work(tmp_path):
     task = make_task(tmp_path / 't', per_split=(2, 0, 2))
-    with pytest.raises(InvalidOptionError) as info:
+    with pytest.raises(ModelLoadError) as info:
         evaluate(task, [TINY, 'typo=resnet_18x'], out=tmp_path / 'rep', **QUICK)
     assert 'typo (resnet_18x)' in str(info.value) and '1 of 2' in str(info.value)
-    with pytest.raises(InvalidOptionError, match=r'mine \(test_resnet with weights .*nowhere.safetensors\)'):
+    with pytest.raises(ModelLoadError, match=r'mine \(test_resnet with weights .*nowhere.safetensors\)'):
         evaluate(
             task,
             ['mine=test_resnet'],
@@ -125,7 +130,7 @@ def test_a_model_failing_later_keeps_the_report_of_the_others(tmp_path, monkeypa
         return real(task, extractor, *a, **k)
 
     monkeypatch.setattr(protocol_mod, 'cached_features', disk_full_for_the_second)
-    with pytest.raises(MtdpError) as info:
+    with pytest.raises(IncompleteEvaluationError) as info:
         evaluate(task, [TINY, 'r18=random:resnet18', 'again=' + TINY], out=tmp_path / 'rep', **QUICK)
     assert 'r18: OSError' in str(info.value) and 'results.md' in str(info.value)
     data = json.loads((tmp_path / 'rep' / 'results.json').read_text())
