@@ -3,13 +3,13 @@
 Variants, interleaved in one process over the same JPEG files (one worker's view; a DataLoader
 with N workers scales this by about N while cores last):
   - ``project``: the training data path, ``training.data.MultiTaskDataset`` items (``open_rgb`` ->
-    random maximal square crop -> resize -> H/V flips -> float normalisation, per image).
+    random maximal square crop -> resize -> H/V flips -> uint8 CHW; the training loop converts and
+    normalises the batch on the device with ``mtdp_hub.features.pixels.Normalise``).
   - ``torchvision``: the baseline, ``torchvision.datasets.ImageFolder`` + Pillow + the equivalent
     transforms (maximal square crop, Resize, RandomHorizontalFlip, RandomVerticalFlip, ToTensor,
     Normalize).
-  - ``project_uint8``: the project's decode/crop/resize/flips ending at a uint8 tensor
-    (``training.data.train_transform_uint8``); the float conversion and normalisation are left to
-    the batch (on the GPU in ``benchmarks/gpu.py``).
+  - ``project_uint8``: the same transform called directly (``training.data.train_transform_uint8``,
+    without the dataset's indexing and seeding).
   - ``decode_jpeg_uint8``: ``torchvision.io.decode_jpeg`` on the file bytes -> crop/resize/flips on
     the uint8 tensor (normalisation left to the batch), an alternative decoder.
   - ``pil_draft_uint8`` (only when ``size`` is smaller than the images): as ``project_uint8`` with
