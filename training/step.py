@@ -4,8 +4,9 @@ task counts (global under DDP) -> forward (autocast) -> batch-mean cross-entropy
 -> backward (scaled for fp16), which multiplies head i's gradients by B/|B_i| on the fused head
 weights -> optimizer -> LR schedule.
 
-Nothing in it waits for the device (no ``.item()``, no data-dependent shapes; on CUDA it runs under
-``torch.cuda.set_sync_debug_mode('error')``, tests/gpu/test_training_gpu.py): the loss comes back
+Nothing in it waits for the device (no ``.item()``, no data-dependent shapes: tests/training/test_recipe.py
+records every such operation on the CPU, and tests/gpu/test_training_gpu.py runs the step under
+``torch.cuda.set_sync_debug_mode('error')`` on CUDA): the loss comes back
 as a device tensor, and the loop checks it for non-finite values only when it logs or saves. With
 fp16, a fused optimizer (:func:`training.recipe.sgd` on CUDA) takes the gradient scaler's
 inf check on the device too; a non-fused one makes the scaler read it back once per step.
