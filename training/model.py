@@ -1,4 +1,4 @@
-"""MultiTaskNet: one shared timm backbone and one linear head per task ([PAPER] §III-A).
+"""MultiTaskNet: one shared timm backbone and one linear head per task (paper §III-A; docs/paper.md §2.1).
 
 Routing: each sample's logits come from its own task's head. Every head is evaluated on the
 whole batch (a few thousand multiply-adds per sample, next to billions for the backbone, as one

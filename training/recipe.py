@@ -1,4 +1,4 @@
-"""The paper's recipe, one function per point (reproduction notes 2.2-2.5).
+"""The paper's recipe, one function per point (docs/paper.md §2.2-2.5).
 
 - :func:`multitask_loss`: per-sample cross-entropy averaged over the whole batch (Eq. 1).
 - :func:`head_grad_scale`: the factors B/|B_i| of head i's gradients, on the device. The training
@@ -127,7 +127,7 @@ def recalibrate_batchnorm(
     (pooled; summed over ranks with ``all_reduce``) replace the running statistics, and
     gamma_t = gamma_s * sigma_t / sigma_s, beta_t = beta_s + gamma_s * (mu_t - mu_s) / sigma_s
     with sigma = sqrt(var + eps), so the eval-mode output is unchanged while train-mode batch
-    normalisation now starts from the ImageNet behaviour ([SUPP] §B). Returns the batch count.
+    normalisation now starts from the ImageNet behaviour (supplementary §B; docs/paper.md §2.5). Returns the batch count.
     """
     layers = _bn_layers(model)
     sums = {m: None for m in layers}

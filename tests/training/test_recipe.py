@@ -1,4 +1,4 @@
-"""Each point of the paper's recipe on its own (reproduction notes 2.2-2.5)."""
+"""Each point of the paper's recipe on its own (docs/paper.md §2.2-2.5)."""
 
 from __future__ import annotations
 
