@@ -307,7 +307,7 @@ def evaluate(
     layer: str = 'pooled',
     tta: str = 'none',
     img_size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str = 'auto',
     precision: str = 'auto',
@@ -320,6 +320,7 @@ def evaluate(
     ``models``: specs or ``NAME=SPEC`` strings, or a ``{name: spec}`` mapping (:func:`parse_models`).
     ``weights``: ``{name or spec: local weight file}`` (key ``''``: the only model).
     ``test_split``: the split folder scored as the test set (see :func:`load_task`).
+    ``batch_size`` / ``num_workers``: of the extraction, ``None`` for the device's defaults.
     Everything that can be checked is checked before any work (options, task folder, fine-tuning
     plan, every model loads). A model that fails later is recorded in the report and the others
     still run; the error then raised names it, after the report is written. results.json and
