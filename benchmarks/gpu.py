@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 from torchvision.io import encode_jpeg
 
 from mtdp_hub.features.pixels import Normalise
+from mtdp_hub.features.runtime import available_cpus
 from training.data import IMAGENET_MEAN, IMAGENET_STD, MultiTaskDataset
 from training.model import MultiTaskNet
 from training.pool import load_pool
@@ -462,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def apply_defaults(args: argparse.Namespace) -> None:
     """``--smoke``: every section at toy size, so that a CPU checks the code paths."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 2
+    cpus = available_cpus()
     if args.smoke:
         args.batch_size = args.overhead_batch_size = args.driver_batch_size = 4
         args.img_size, args.n_jpegs, args.jpeg_size = 32, 44, args.jpeg_size or 40

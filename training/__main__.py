@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 from mtdp_hub.errors import MtdpError
+from mtdp_hub.features import runtime
 
 from .checkpoint import list_checkpoints
 from .config import ConfigError, config_keys, load_config
 from .data import scan_pool
 from .export import export_checkpoint
 from .guards import NonFiniteBatchError
-from .loop import NonFiniteLossError, TrainingInterrupted, available_cpus
+from .loop import NonFiniteLossError, TrainingInterrupted
 from .loop import main as train
 from .pool import PoolError, load_pool
 
@@ -82,7 +83,7 @@ def _scan(args) -> int:
     except PoolError as e:
         print(f'pool error: {e}', file=sys.stderr)
         return 2
-    workers = min(args.workers, available_cpus())
+    workers = min(args.workers, runtime.cpu_share())
     if workers < args.workers:
         print(f'--workers {args.workers} capped at {workers}: the CPUs available', file=sys.stderr)
     report = scan_pool(pool, args.splits, num_workers=workers, progress=True)

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from mtdp_hub import _io
 from mtdp_hub.errors import MtdpError
 from mtdp_hub.features.pixels import Normalise
-from mtdp_hub.features.runtime import autocast_dtype
+from mtdp_hub.features.runtime import autocast_dtype, cpu_share
 
 from . import checkpoint as ckpt
 from .config import Config, ConfigError, resume_changes, save_config, to_dict
@@ -257,17 +257,10 @@ def _build_data(cfg: Config, d: Dist, run: _Run) -> _Data:
     return _Data(pool, train_set, sampler, per_rank_batch, loader_kw, skipped, normalise)
 
 
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS tells it, else all)."""
-    if hasattr(os, 'sched_getaffinity'):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def _cap_workers(cfg: Config, log) -> Config:
     """``data.num_workers`` at most the CPUs available to each local rank (more only adds contention)."""
     local_ranks = int(os.environ.get('LOCAL_WORLD_SIZE', '1') or 1)
-    cap = max(1, available_cpus() // max(1, local_ranks))
+    cap = cpu_share()
     if cfg.data.num_workers <= cap:
         return cfg
     log(

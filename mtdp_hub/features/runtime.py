@@ -25,6 +25,7 @@ __all__ = [
     'grad_scaler',
     'optimizer_step',
     'available_cpus',
+    'cpu_share',
     'loader_workers',
 ]
 
@@ -94,14 +95,21 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def cpu_share() -> int:
+    """The CPUs of :func:`available_cpus` that fall to this process when ``torchrun`` started
+    ``LOCAL_WORLD_SIZE`` ranks on this machine: they share its cores, DataLoader workers included."""
+    local_ranks = max(1, int(os.environ.get('LOCAL_WORLD_SIZE', '1') or 1))
+    return max(1, available_cpus() // local_ranks)
+
+
 def loader_workers(device: torch.device, requested: int | None = None) -> int:
-    """DataLoader workers for inference on ``device``, never more than the CPUs available.
+    """DataLoader workers for inference on ``device``, never more than this rank's :func:`cpu_share`.
 
     Default on CUDA: every available CPU but one (the main process feeds the device), at most 16:
     decoding and resizing JPEGs is what limits a GPU pipeline. On the CPU the model's forward
     shares the cores with the workers and dominates, so half of them, at most 8.
     """
-    cpus = available_cpus()
+    cpus = cpu_share()
     if requested is not None:
         if requested < 0:
             raise InvalidOptionError(f'the number of workers must be 0 or more, not {requested}')

@@ -92,6 +92,7 @@ def test_source_mpp_applies_to_the_uint8_path():
 
 # ---------------------------------------------------------------------------- workers
 def test_workers_default_for_the_device_and_capped_at_the_cpus(monkeypatch):
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
     monkeypatch.setattr(runtime, 'available_cpus', lambda: 16)
     cuda, cpu = torch.device('cuda'), torch.device('cpu')
     assert runtime.loader_workers(cuda) == 15 and runtime.loader_workers(cpu) == 8
@@ -107,6 +108,16 @@ def test_workers_default_for_the_device_and_capped_at_the_cpus(monkeypatch):
     assert runtime.available_cpus() >= 1
     with pytest.raises(ValueError, match='workers'):
         runtime.loader_workers(cpu, -1)
+
+
+def test_torchrun_ranks_on_one_machine_share_its_cpus(monkeypatch):
+    """4 local ranks on 16 CPUs: 4 each, so a rank's default is 3 workers on CUDA, 2 on the CPU."""
+    monkeypatch.setattr(runtime, 'available_cpus', lambda: 16)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '4')
+    cuda, cpu = torch.device('cuda'), torch.device('cpu')
+    assert runtime.cpu_share() == 4
+    assert runtime.loader_workers(cuda) == 3 and runtime.loader_workers(cpu) == 2
+    assert runtime.loader_workers(cuda, 16) == 4
 
 
 # ---------------------------------------------------------------------------- --weights FILE

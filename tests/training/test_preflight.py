@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from mtdp_hub.features import runtime
 from training import __main__ as cli
 from training import loop, preflight
 from training.config import Config, ConfigError, config_keys
@@ -92,7 +93,7 @@ def test_the_cli_prints_an_error_once_and_log_txt_has_it(tiny_pool, tmp_path, ca
 
 
 def test_workers_are_capped_at_the_cpus_available(monkeypatch):
-    monkeypatch.setattr(loop, 'available_cpus', lambda: 3)
+    monkeypatch.setattr(runtime, 'available_cpus', lambda: 3)
     monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
     lines = []
     cfg = Config()
@@ -144,7 +145,8 @@ def test_keys_lists_every_config_key_with_its_default(capsys):
 
 
 def test_the_scan_command_caps_its_workers_too(tiny_pool, monkeypatch, capsys):
-    monkeypatch.setattr(cli, 'available_cpus', lambda: 1)
+    monkeypatch.setattr(runtime, 'available_cpus', lambda: 1)
+    monkeypatch.delenv('LOCAL_WORLD_SIZE', raising=False)
     assert cli.main(['scan', '--pool', str(tiny_pool), '--splits', 'train', '--workers', '3']) == 0
     captured = capsys.readouterr()
     assert '--workers 3 capped at 1: the CPUs available' in captured.err

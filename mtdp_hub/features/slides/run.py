@@ -33,7 +33,6 @@ from ..._io import atomic_write_text, clean_leftovers, try_lock
 from ...errors import FeatureFileError, MtdpError
 from ..extractor import FeatureExtractor
 from ..pipeline import loader_settings, stream_features
-from ..runtime import available_cpus
 from .qc import write_qc
 from .reader import Slide, SlideEntry, SlideError, list_slides
 from .store import SlideFeatures, feature_path, read_slide_features, write_slide_features
@@ -309,10 +308,7 @@ def run_slides(
     extractor = FeatureExtractor(model, **kwargs)
     (out / 'qc').mkdir(parents=True, exist_ok=True)
     clean_leftovers(out), clean_leftovers(out / 'qc')
-    workers = num_workers  # None: the default for the device (runtime.loader_workers)
-    local_world = int(os.environ.get('LOCAL_WORLD_SIZE', 1))
-    if workers is None and local_world > 1:  # ranks on one machine share its CPUs
-        workers = max(1, available_cpus() // local_world - 1)
+    workers = num_workers  # None: runtime.loader_workers (this rank's share of the CPUs)
     mine = entries[rank::world]
     rows = []
     for i, entry in enumerate(mine, start=1):
