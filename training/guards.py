@@ -24,6 +24,8 @@ from torch import nn
 
 from mtdp_hub.errors import MtdpError
 
+from .recipe import bn_layers
+
 __all__ = ['NonFiniteBatchError', 'InputWatch', 'checked_recalibration_batches', 'finite_per_sample']
 
 
@@ -82,10 +84,6 @@ class InputWatch:
         )
 
 
-def _bn_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
 def checked_recalibration_batches(
     model: nn.Module,
     batches: Iterable[torch.Tensor],
@@ -101,7 +99,8 @@ def checked_recalibration_batches(
     per batch (re-calibration runs a few dozen batches, once); ``any_rank`` ORs a flag over the
     ranks, so that every rank stops at the same batch.
     """
-    layers = {m: name for name, m in model.named_modules() if m in set(_bn_layers(model))}
+    recalibrated = set(bn_layers(model))
+    layers = {m: name for name, m in model.named_modules() if m in recalibrated}
     layer_ok: dict[str, torch.Tensor] = {}  # per BN layer: all its inputs finite in this batch
 
     def hook(module, inputs):

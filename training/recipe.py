@@ -111,7 +111,8 @@ def lr_lambdas(warmup_iterations: int, warmup_lr: float, lr: float, head_lr_mult
     return [backbone, heads]
 
 
-def _bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    """The BN layers :func:`recalibrate_batchnorm` re-estimates (affine ``BatchNorm2d``)."""
     return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.affine]
 
 
@@ -129,7 +130,7 @@ def recalibrate_batchnorm(
     with sigma = sqrt(var + eps), so the eval-mode output is unchanged while train-mode batch
     normalisation now starts from the ImageNet behaviour (supplementary §B; docs/paper.md §2.5). Returns the batch count.
     """
-    layers = _bn_layers(model)
+    layers = bn_layers(model)
     sums = {m: None for m in layers}
 
     def hook(module, inputs):
