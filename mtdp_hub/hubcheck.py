@@ -24,6 +24,7 @@ __all__ = [
     'OFFLINE_HINT',
     'HubUnreachableError',
     'hub_offline',
+    'hub_reachable',
     'check_hub_reachable',
     'check_model_reachable',
     'hub_errors',
@@ -67,6 +68,17 @@ def _connects(host: str, port: int, timeout: float) -> BaseException | None:
         return result.get(timeout=timeout + 0.5)
     except queue.Empty:
         return TimeoutError(f'no answer within {timeout:g} s')
+
+
+def hub_reachable(endpoint: str | None = None) -> bool:
+    """Whether the Hub's endpoint (default: ``HF_ENDPOINT``) accepts a connection within
+    :data:`CONNECT_TIMEOUT_S`; ``False`` at once under ``HF_HUB_OFFLINE``."""
+    from huggingface_hub import constants
+
+    if hub_offline():
+        return False
+    host, port, _ = _target(endpoint or constants.ENDPOINT)
+    return _connects(host, port, CONNECT_TIMEOUT_S) is None
 
 
 def check_hub_reachable(what: str, endpoint: str | None = None) -> None:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -19,6 +18,7 @@ import torch
 from huggingface_hub import constants, try_to_load_from_cache
 
 from mtdp_hub.errors import MtdpError
+from mtdp_hub.hubcheck import hub_reachable
 
 from .config import Config
 from .model import WeightsUnavailableError, imagenet_weights_name
@@ -67,18 +67,6 @@ def weights_cached(name: str) -> bool | None:
             Path(torch.hub.get_dir()) / 'checkpoints' / os.path.basename(urlparse(cfg.url).path)
         ).is_file()
     return False
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face endpoint accepts a connection within ``timeout`` s (False when offline)."""
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def imagenet_init(cfg: Config, resuming: bool, log) -> str:
