@@ -15,9 +15,10 @@ from urllib.parse import urlparse
 
 import timm
 import torch
-from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub import constants
 
 from mtdp_hub.errors import MtdpError
+from mtdp_hub.features.specs import HF_WEIGHT_FILES, cached_hub_file
 from mtdp_hub.hubcheck import hub_reachable
 
 from .config import Config
@@ -43,9 +44,6 @@ def check_run_folder(run_dir: Path) -> None:
         ) from None
 
 
-_HF_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.bin')
-
-
 def weights_cached(name: str) -> bool | None:
     """Whether timm's pretrained weights ``name`` are in the local caches (``None``: timm has no such tag,
     nothing to check here)."""
@@ -58,9 +56,8 @@ def weights_cached(name: str) -> bool | None:
     if cfg.file and Path(cfg.file).is_file():
         return True
     if cfg.hf_hub_id:
-        repo = cfg.hf_hub_id.split('@')[0]
-        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else _HF_FILES
-        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in files):
+        files = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_WEIGHT_FILES
+        if cached_hub_file(cfg.hf_hub_id, files):
             return True
     if cfg.url:
         return (

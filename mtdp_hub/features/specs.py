@@ -118,14 +118,32 @@ def eval_transform(cfg: dict[str, Any]):
     return timm.data.create_transform(**kwargs, is_training=False)
 
 
-def _hub_snapshot(repo_id: str) -> tuple[str | None, str | None]:
-    """(revision, file) of a cached Hub snapshot of ``repo_id`` (offline: looks in the cache only)."""
+# The weight files timm looks for in a Hub repo (safetensors first, as timm does).
+HF_WEIGHT_FILES = (
+    'model.safetensors',
+    'open_clip_model.safetensors',
+    'pytorch_model.bin',
+    'open_clip_pytorch_model.bin',
+)
+
+
+def cached_hub_file(repo_id: str, files: tuple[str, ...] = HF_WEIGHT_FILES) -> str | None:
+    """The path of a weight file of Hub repo ``repo_id`` (``ORG/NAME[@revision]``) already in the local
+    Hugging Face cache, or ``None``; never touches the network."""
     repo, _, revision = repo_id.partition('@')
-    for name in ('model.safetensors', 'open_clip_model.safetensors', 'pytorch_model.bin'):
+    for name in files:
         found = try_to_load_from_cache(repo, name, revision=revision or None)
         if isinstance(found, str) and os.path.exists(found):
-            return Path(found).parent.name, found  # snapshots/<commit>/<file>
-    return revision or None, None
+            return found
+    return None
+
+
+def _hub_snapshot(repo_id: str) -> tuple[str | None, str | None]:
+    """(revision, file) of a cached Hub snapshot of ``repo_id`` (offline: looks in the cache only)."""
+    found = cached_hub_file(repo_id)
+    if found:
+        return Path(found).parent.name, found  # snapshots/<commit>/<file>
+    return repo_id.partition('@')[2] or None, None
 
 
 def weights_provenance(spec: str, model: nn.Module, *, seed: int = 0) -> dict[str, Any]:
