@@ -3,7 +3,8 @@
 - :func:`multitask_loss`: per-sample cross-entropy averaged over the whole batch (Eq. 1).
 - :func:`head_grad_scale`: the factors B/|B_i| of head i's gradients, on the device. The training
   step hands them to the forward (:meth:`training.model.MultiTaskNet.head_logits`), whose backward
-  applies them to all heads at once; :func:`rescale_head_grads` does the same after ``backward()``.
+  applies them to all heads at once (tests/training/test_recipe.py checks it against the rescale
+  written out after ``backward()``).
 - :func:`param_groups` / :func:`sgd`: backbone at LR gamma, heads at gamma * tau, SGD with momentum.
 - :func:`lr_lambdas`: head-only warm-up at its own LR, then constant LRs.
 - :func:`recalibrate_batchnorm`: BN statistics from mixed-task batches, output unchanged.
@@ -23,7 +24,6 @@ __all__ = [
     'multitask_loss',
     'task_counts',
     'head_grad_scale',
-    'rescale_head_grads',
     'param_groups',
     'sgd',
     'lr_lambdas',
@@ -54,20 +54,6 @@ def head_grad_scale(counts: torch.Tensor, batch_size: int | torch.Tensor) -> tor
     """
     counts = counts.to(torch.float32)
     return torch.where(counts > 0, batch_size / counts.clamp(min=1), torch.zeros_like(counts))
-
-
-def rescale_head_grads(model: MultiTaskNet, counts: torch.Tensor, batch_size: int | torch.Tensor) -> None:
-    """Multiply head i's gradients by B/|B_i| after ``backward()`` (absent heads stay zero).
-
-    The same factors and products as the training step's fused rescale in the backward
-    (``model(x, t, head_grad_scale(counts, B))``); this one launches a kernel per head parameter.
-    Under DDP pass the global counts and batch size, after the gradients were averaged.
-    """
-    scale = head_grad_scale(counts, batch_size)
-    for t, head in enumerate(model.heads.values()):
-        for p in head.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale[t].to(p.grad.dtype))
 
 
 def param_groups(model: MultiTaskNet, lr: float, head_lr_mult: float) -> list[dict]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
 
 import torch
 
@@ -72,17 +71,11 @@ def optimizer_step(
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    before_step: Callable[[], None] | None = None,
 ) -> None:
-    """Backward and update: zero grads, (scaled) backward, unscale, ``before_step()``, step, scaler update.
-
-    ``before_step`` sees the true (unscaled) gradients, e.g. to rescale some of them.
-    """
+    """Backward and update: zero grads, (scaled) backward, step (skipped by the scaler on inf/NaN
+    gradients), scaler update."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
-    if before_step is not None:
-        scaler.unscale_(optimizer)
-        before_step()
     scaler.step(optimizer)
     scaler.update()
 

@@ -17,13 +17,22 @@ from training.recipe import (
     multitask_loss,
     param_groups,
     recalibrate_batchnorm,
-    rescale_head_grads,
     sgd,
     task_counts,
 )
 from training.step import LossWatch, TrainStep
 
 TASKS = {'two': 2, 'three': 3, 'five': 5}
+
+
+def rescale_head_grads(model: MultiTaskNet, counts: torch.Tensor, batch_size) -> None:
+    """The recipe's rescale written out, the reference of the fused one: after ``backward()``, head i's
+    gradients x B/|B_i| (absent heads stay zero), one multiply per head parameter."""
+    scale = head_grad_scale(counts, batch_size)
+    for t, head in enumerate(model.heads.values()):
+        for p in head.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale[t].to(p.grad.dtype))
 
 
 def make_net(seed=0):
