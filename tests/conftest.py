@@ -10,6 +10,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 
 import http.server  # noqa: E402
+import io  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -119,20 +120,27 @@ def original_checkpoint(tmp_path_factory):
     """Factory: ``original_checkpoint('resnet50')`` -> an OriginalCheckpoint saved as mtdp did.
 
     Saved in the legacy (non-zip) ``torch.save`` format of torch 1.3, which the 2019 files use.
+    Each test gets its own copy (tests tamper with them), deleted when the test ends: a ResNet50
+    file is ~100 MB and the suite makes dozens.
     """
+    made: list[Path] = []
 
     def make(arch: str) -> OriginalCheckpoint:
         if arch not in _CACHE:
             model = build_original(arch)
-            tmp = tmp_path_factory.mktemp('orig') / ORIGINAL_NAMES[arch]
-            torch.save(model.state_dict(), tmp, _use_new_zipfile_serialization=False)
-            _CACHE[arch] = (model, tmp.read_bytes())
+            buffer = io.BytesIO()
+            torch.save(model.state_dict(), buffer, _use_new_zipfile_serialization=False)
+            _CACHE[arch] = (model, buffer.getvalue())
         model, data = _CACHE[arch]
-        path = tmp_path_factory.mktemp(f'{arch}-ckpt') / ORIGINAL_NAMES[arch]
+        folder = tmp_path_factory.mktemp(f'{arch}-ckpt')
+        made.append(folder)
+        path = folder / ORIGINAL_NAMES[arch]
         path.write_bytes(data)
         return OriginalCheckpoint(arch, path, model)
 
-    return make
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
