@@ -147,7 +147,7 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     )
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -174,8 +174,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--json', default=None, help='also write the result here')
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(

@@ -98,7 +98,7 @@ def segmentation_seconds(repeats: int = 3) -> dict:
     }
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -116,7 +116,11 @@ def main(argv=None) -> int:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--json', default=None, help='also write the result here')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 

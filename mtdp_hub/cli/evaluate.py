@@ -151,7 +151,13 @@ def add_cli(sub) -> argparse.ArgumentParser:
         help='use the first N images of each class in each split (default: all)',
     )
     add_extraction_options(p.add_argument_group('features (both modes)'))
-    g = p.add_argument_group('linear mode')
+    _add_linear_options(p.add_argument_group('linear mode'))
+    _add_finetune_options(p.add_argument_group('finetune mode'))
+    p.set_defaults(func=_run)
+    return p
+
+
+def _add_linear_options(g) -> None:
     g.add_argument(
         '--classifier',
         default='svm',
@@ -167,7 +173,9 @@ def add_cli(sub) -> argparse.ArgumentParser:
         metavar='C',
         help="the grid of C values tuned by CV (default: the paper's 1e-10, 1e-9, ..., 1)",
     )
-    g = p.add_argument_group('finetune mode')
+
+
+def _add_finetune_options(g) -> None:
     g.add_argument('--epochs', type=int, default=100, help='epochs per learning rate and seed')
     g.add_argument(
         '--lrs',
@@ -186,8 +194,6 @@ def add_cli(sub) -> argparse.ArgumentParser:
         default=None,
         help='cap the steps of an epoch (quick trials; default: all)',
     )
-    p.set_defaults(func=_run)
-    return p
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):

@@ -357,6 +357,12 @@ def evaluate(
             'test_split': test_split,
         },
     )
+    return _run_models(ctx, modes, out)
+
+
+def _run_models(ctx: dict[str, Any], modes: Sequence[str], out: str | os.PathLike) -> dict[str, Any]:
+    """Run each model in turn; one that fails is recorded and the others go on. The report is
+    rewritten after each model; the error raised at the end names every model that failed."""
     runs: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     for name, spec in ctx['specs'].items():
