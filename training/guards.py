@@ -26,7 +26,13 @@ from mtdp_hub.errors import MtdpError
 
 from .recipe import bn_layers
 
-__all__ = ['NonFiniteBatchError', 'InputWatch', 'checked_recalibration_batches', 'finite_per_sample']
+__all__ = [
+    'NonFiniteBatchError',
+    'FirstBad',
+    'InputWatch',
+    'checked_recalibration_batches',
+    'finite_per_sample',
+]
 
 
 class NonFiniteBatchError(MtdpError, RuntimeError):
@@ -48,6 +54,28 @@ def _listing(names: Sequence[str], limit: int = 20) -> str:
     return f'\n  {shown}{more}'
 
 
+class FirstBad:
+    """The first iteration a per-step flag was raised, with what came with it, latched on the device.
+
+    ``record`` costs a few elementwise kernels and no host sync; ``read`` syncs once. Used by
+    :class:`InputWatch` and :class:`training.step.LossWatch`.
+    """
+
+    def __init__(self, detail: torch.Tensor):
+        self.iteration = torch.full((), -1, dtype=torch.long, device=detail.device)
+        self.detail = detail
+
+    def record(self, bad: torch.Tensor, detail: torch.Tensor, iteration: int) -> None:
+        """Keep ``detail`` and ``iteration`` if ``bad`` (a 0-dim bool tensor) and nothing was kept yet."""
+        newly_bad = bad & (self.iteration < 0)
+        self.iteration = torch.where(newly_bad, torch.full_like(self.iteration, iteration), self.iteration)
+        self.detail = torch.where(newly_bad, detail, self.detail)
+
+    def read(self) -> int:
+        """The iteration kept, -1 if none (syncs with the device)."""
+        return int(self.iteration.item())
+
+
 class InputWatch:
     """The first training batch with a non-finite input, kept on the device: no host sync per step.
 
@@ -56,27 +84,24 @@ class InputWatch:
     """
 
     def __init__(self, batch_size: int, device: torch.device):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_samples = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.first = FirstBad(torch.zeros(batch_size, dtype=torch.bool, device=device))
 
     def add(self, x: torch.Tensor, iteration: int) -> None:
         bad = ~finite_per_sample(x)
-        newly_bad = bad.any() & (self.first_bad < 0)
-        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, iteration), self.first_bad)
-        self.bad_samples = torch.where(newly_bad, bad, self.bad_samples)
+        self.first.record(bad.any(), bad, iteration)
 
     def check(self, any_rank: Callable[[bool], bool], draws_of: Callable[[int], list[str]]) -> None:
         """Raise :class:`NonFiniteBatchError` when any rank saw a non-finite input (syncs with the device).
 
         ``draws_of(iteration)`` gives the names of that iteration's images on this rank, in batch order.
         """
-        bad_it = int(self.first_bad.item())
+        bad_it = self.first.read()
         if not any_rank(bad_it >= 0):
             return
         if bad_it < 0:
             raise NonFiniteBatchError('non-finite network input on another rank; stopping (see its message)')
         names = draws_of(bad_it)
-        bad = [names[k] for k in self.bad_samples.nonzero().flatten().tolist()]
+        bad = [names[k] for k in self.first.detail.nonzero().flatten().tolist()]
         raise NonFiniteBatchError(
             f'non-finite network input at iteration {bad_it} in {len(bad)} image(s); stopping before the '
             'weights take it in. Images arrive as uint8, so this is memory corruption on the device '

@@ -22,6 +22,7 @@ from torch import nn
 from mtdp_hub.errors import MtdpError
 from mtdp_hub.features.runtime import autocast, grad_scaler, optimizer_step
 
+from .guards import FirstBad
 from .model import MultiTaskNet
 from .recipe import head_grad_scale, multitask_loss, task_counts
 
@@ -86,15 +87,14 @@ class LossWatch:
     """Running loss and the first non-finite one, kept on the device: no host sync per step."""
 
     def __init__(self, num_tasks: int, device: torch.device):
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_counts = torch.zeros(num_tasks, dtype=torch.long, device=device)
+        self.first = FirstBad(
+            torch.zeros(num_tasks, dtype=torch.long, device=device)
+        )  # its batch's task counts
         self.loss_sum = torch.zeros((), device=device)
         self.steps = 0
 
     def add(self, loss: torch.Tensor, counts: torch.Tensor, iteration: int) -> None:
-        newly_bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, iteration), self.first_bad)
-        self.bad_counts = torch.where(newly_bad, counts, self.bad_counts)
+        self.first.record(~torch.isfinite(loss), counts, iteration)
         self.loss_sum += torch.nan_to_num(loss, nan=0.0, posinf=0.0)
         self.steps += 1
 
@@ -105,13 +105,14 @@ class LossWatch:
 
         ``any_rank`` ORs a flag over the ranks; ``checkpoints`` are the saved ones, oldest first.
         """
-        if not any_rank(bool(self.first_bad.item() >= 0)):
+        bad_it = self.first.read()
+        if not any_rank(bad_it >= 0):
             return
-        bad_it = int(self.first_bad.item()) if self.first_bad.item() >= 0 else iteration
-        present = {task_names[i]: int(c) for i, c in enumerate(self.bad_counts.tolist()) if c > 0}
+        present = {task_names[i]: int(c) for i, c in enumerate(self.first.detail.tolist()) if c > 0}
         last = checkpoints
         raise NonFiniteLossError(
-            f'non-finite loss at iteration {bad_it} (tasks in the batch: {present or "n/a (another rank)"}); '
+            f'non-finite loss at iteration {bad_it if bad_it >= 0 else iteration} '
+            f'(tasks in the batch: {present or "n/a (another rank)"}); '
             f'stopping. The last good checkpoint is {last[-1] if last else "none (no checkpoint yet)"}. '
             'Lower optim.lr / head_lr_mult or use run.amp=bf16/none.'
         )
