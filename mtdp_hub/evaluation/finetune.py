@@ -28,12 +28,12 @@ import torch
 from torch import nn
 
 from ..errors import InvalidOptionError
+from ..features.pipeline import loader_settings
 from ..features.pixels import Normalise, uint8_eval_transform
 from ..features.runtime import (
     autocast,
     autocast_dtype,
     grad_scaler,
-    loader_workers,
     optimizer_step,
     pick_device,
 )
@@ -103,17 +103,14 @@ def pixel_transforms(dcfg: dict[str, Any]) -> tuple[Any, Any, list[float], list[
 
 
 def _loader(split: Split, transform, cfg: FinetuneConfig, device: torch.device, *, shuffle: bool, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    workers = loader_workers(device, cfg.num_workers)
+    settings = loader_settings(device, cfg.num_workers, cfg.batch_size)
+    settings['persistent_workers'] = settings['num_workers'] > 0  # the same loader runs every epoch
     return torch.utils.data.DataLoader(
         _ImageDataset(split, transform),
-        batch_size=cfg.batch_size,
         shuffle=shuffle,
-        generator=g,
-        num_workers=workers,
-        pin_memory=device.type == 'cuda',
+        generator=torch.Generator().manual_seed(seed),
         drop_last=False,
-        persistent_workers=workers > 0,
+        **settings,
     )
 
 
