@@ -20,6 +20,8 @@ __all__ = [
     'ENV_WEIGHTS_DIR',
     'ENV_CACHE_DIR',
     'HF_ORG',
+    'HF_WEIGHT_FILES',
+    'cached_hub_file',
     'Release',
     'RELEASES',
     'default_cache_dir',
@@ -90,11 +92,26 @@ def weights_dir_files(model_tag: str, weights_dir: str | os.PathLike, original: 
     return [folder / n for n in names] + [folder / f'{model_tag}.safetensors', folder / model_tag / HUB_FILE]
 
 
-def _hub_cached(repo_id: str) -> Path | None:
+# The weight files timm looks for in a Hub repo (safetensors first, as timm does).
+HF_WEIGHT_FILES = (
+    HUB_FILE,
+    'open_clip_model.safetensors',
+    'pytorch_model.bin',
+    'open_clip_pytorch_model.bin',
+)
+
+
+def cached_hub_file(repo_id: str, files: tuple[str, ...] = HF_WEIGHT_FILES) -> str | None:
+    """The path of a weight file of Hub repo ``repo_id`` (``ORG/NAME[@revision]``) already in the local
+    Hugging Face cache, or ``None``; never touches the network."""
     from huggingface_hub import try_to_load_from_cache  # light: does not import torch
 
-    found = try_to_load_from_cache(repo_id, HUB_FILE)
-    return Path(found) if isinstance(found, str) and os.path.isfile(found) else None
+    repo, _, revision = repo_id.partition('@')
+    for name in files:
+        found = try_to_load_from_cache(repo, name, revision=revision or None)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
 
 
 def local_weights(model_tag: str) -> list[Path]:
@@ -104,9 +121,9 @@ def local_weights(model_tag: str) -> list[Path]:
     weights_dir = os.environ.get(ENV_WEIGHTS_DIR)
     if weights_dir:
         found += [p for p in weights_dir_files(model_tag, weights_dir, release.original_file) if p.is_file()]
-    cached = _hub_cached(release.hf_hub_id)
+    cached = cached_hub_file(release.hf_hub_id, (HUB_FILE,))
     if cached:
-        found.append(cached)
+        found.append(Path(cached))
     cache = default_cache_dir()
     if cache.is_dir():
         found += sorted(cache.glob(f'{model_tag}-*{Path(release.original_file).suffix}'))

@@ -17,8 +17,8 @@ import timm
 import torch
 from huggingface_hub import constants
 
+from mtdp_hub.catalog import HF_WEIGHT_FILES, cached_hub_file
 from mtdp_hub.errors import MtdpError
-from mtdp_hub.features.specs import HF_WEIGHT_FILES, cached_hub_file
 from mtdp_hub.hubcheck import hub_reachable
 
 from .config import Config

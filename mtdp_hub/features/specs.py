@@ -24,11 +24,11 @@ from typing import Any
 import timm
 import timm.data
 import torch
-from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
 from .. import models as _models  # noqa: F401  (registers mtdp_* with timm)
 from .._io import sha256_file
+from ..catalog import cached_hub_file
 from ..errors import InputNotFoundError, InvalidOptionError
 from ..version import __version__
 
@@ -116,26 +116,6 @@ def eval_transform(cfg: dict[str, Any]):
     """``timm.data.create_transform`` for ``cfg`` at eval time (resize, centre crop, normalise)."""
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
     return timm.data.create_transform(**kwargs, is_training=False)
-
-
-# The weight files timm looks for in a Hub repo (safetensors first, as timm does).
-HF_WEIGHT_FILES = (
-    'model.safetensors',
-    'open_clip_model.safetensors',
-    'pytorch_model.bin',
-    'open_clip_pytorch_model.bin',
-)
-
-
-def cached_hub_file(repo_id: str, files: tuple[str, ...] = HF_WEIGHT_FILES) -> str | None:
-    """The path of a weight file of Hub repo ``repo_id`` (``ORG/NAME[@revision]``) already in the local
-    Hugging Face cache, or ``None``; never touches the network."""
-    repo, _, revision = repo_id.partition('@')
-    for name in files:
-        found = try_to_load_from_cache(repo, name, revision=revision or None)
-        if isinstance(found, str) and os.path.exists(found):
-            return found
-    return None
 
 
 def _hub_snapshot(repo_id: str) -> tuple[str | None, str | None]:
