@@ -70,24 +70,24 @@ def _connects(host: str, port: int, timeout: float) -> BaseException | None:
         return TimeoutError(f'no answer within {timeout:g} s')
 
 
-def hub_reachable(endpoint: str | None = None) -> bool:
-    """Whether the Hub's endpoint (default: ``HF_ENDPOINT``) accepts a connection within
-    :data:`CONNECT_TIMEOUT_S`; ``False`` at once under ``HF_HUB_OFFLINE``."""
-    from huggingface_hub import constants
-
-    if hub_offline():
-        return False
-    host, port, _ = _target(endpoint or constants.ENDPOINT)
-    return _connects(host, port, CONNECT_TIMEOUT_S) is None
-
-
-def check_hub_reachable(what: str, endpoint: str | None = None) -> None:
-    """Raise :class:`HubUnreachableError` naming ``what`` unless the Hub's endpoint (default: ``HF_ENDPOINT``
-    as huggingface_hub reads it) accepts a connection."""
+def _probe(endpoint: str | None) -> tuple[str, BaseException | None]:
+    """(where, why not or ``None``) of one connection to ``endpoint`` (default: ``HF_ENDPOINT`` as
+    huggingface_hub reads it), through the proxy when one applies."""
     from huggingface_hub import constants
 
     host, port, where = _target(endpoint or constants.ENDPOINT)
-    problem = _connects(host, port, CONNECT_TIMEOUT_S)
+    return where, _connects(host, port, CONNECT_TIMEOUT_S)
+
+
+def hub_reachable(endpoint: str | None = None) -> bool:
+    """Whether the Hub's endpoint accepts a connection within :data:`CONNECT_TIMEOUT_S`; ``False`` at
+    once under ``HF_HUB_OFFLINE``."""
+    return not hub_offline() and _probe(endpoint)[1] is None
+
+
+def check_hub_reachable(what: str, endpoint: str | None = None) -> None:
+    """Raise :class:`HubUnreachableError` naming ``what`` unless the Hub's endpoint accepts a connection."""
+    where, problem = _probe(endpoint)
     if problem is not None:
         raise HubUnreachableError(
             f'{what}: cannot reach the Hugging Face Hub at {where} ({type(problem).__name__}: {problem}); '
