@@ -61,8 +61,7 @@ class Monitor:
             self.bar.write(message, file=sys.stdout)
         else:
             print(message, flush=True)
-        self._log.write(f'{time.strftime("%Y-%m-%d %H:%M:%S")} {message}\n')
-        self._log.flush()
+        self.log_file(message)
 
     def log_file(self, text: str) -> None:
         """``text`` into ``log.txt`` only (the command line shows it on the console itself)."""
